@@ -273,7 +273,7 @@ func Decode(data []byte) (Envelope, error) {
 	r := reader{b: data}
 	var in envelopeIn
 	if err := r.envelope(&in); err != nil {
-		return Envelope{}, fmt.Errorf("decode envelope: %w: %v", ErrMalformed, err)
+		return Envelope{}, fmt.Errorf("decode: %w: %v", ErrMalformed, err)
 	}
 	if in.version != Version {
 		return Envelope{}, fmt.Errorf("decode: version %d, this side speaks %d: %w", in.version, Version, ErrVersion)
