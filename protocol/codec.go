@@ -5,8 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-
-	"github.com/fxamacker/cbor/v2"
 )
 
 // Version is the protocol version this package speaks. A receiver rejects
@@ -195,46 +193,6 @@ func (e *Envelope) Kind() Kind {
 	return e.Body.Kind()
 }
 
-// decMode is the protocol's one decoding mode: it carries the limits on
-// size, depth and counts, and rejects tags, indefinite lengths and
-// duplicate keys. Decode runs its well-formedness check on every input,
-// and the tests use it as the reference decoder. The one encoding mode,
-// cbor.CoreDetEncOptions, is the tests' reference encoder: the fast path
-// writes the same bytes without it.
-var decMode = mustDecMode()
-
-func mustDecMode() cbor.DecMode {
-	// Only false, true, null and undefined among the simple values: the
-	// others have no meaning here, and the reflection decoder would read
-	// them as numbers.
-	var reject []func(*cbor.SimpleValueRegistry) error
-	for sv := range 256 {
-		if (sv < 20 || sv > 31) && sv != 24 {
-			reject = append(reject, cbor.WithRejectedSimpleValue(cbor.SimpleValue(sv)))
-		}
-	}
-	simple, err := cbor.NewSimpleValueRegistryFromDefaults(reject...)
-	if err != nil {
-		panic(err)
-	}
-	dm, err := cbor.DecOptions{
-		SimpleValues:     simple,
-		DupMapKey:        cbor.DupMapKeyEnforcedAPF,
-		MaxNestedLevels:  MaxNesting,
-		MaxArrayElements: MaxArrayElements,
-		MaxMapPairs:      MaxMapPairs,
-		IndefLength:      cbor.IndefLengthForbidden,
-		TagsMd:           cbor.TagsForbidden,
-		UTF8:             cbor.UTF8RejectInvalid,
-		NaN:              cbor.NaNDecodeForbidden,
-		Inf:              cbor.InfDecodeForbidden,
-	}.DecMode()
-	if err != nil {
-		panic(err)
-	}
-	return dm
-}
-
 // Encode encodes e deterministically (CBOR core deterministic encoding):
 // the same envelope always gives the same bytes.
 func Encode(e Envelope) ([]byte, error) {
@@ -265,15 +223,13 @@ func Decode(data []byte) (Envelope, error) {
 	if len(data) > MaxPayload {
 		return Envelope{}, fmt.Errorf("decode: %d bytes: %w", len(data), ErrTooLarge)
 	}
-	// The decoding mode checks structure and limits before anything is
-	// allocated; the reader below only ever sees well-formed input.
-	if err := decMode.Wellformed(data); err != nil {
-		return Envelope{}, fmt.Errorf("decode: %w: %v", ErrMalformed, err)
-	}
 	r := reader{b: data}
 	var in envelopeIn
 	if err := r.envelope(&in); err != nil {
 		return Envelope{}, fmt.Errorf("decode: %w: %v", ErrMalformed, err)
+	}
+	if r.off != len(data) {
+		return Envelope{}, fmt.Errorf("decode: %w: %d bytes after the message", ErrMalformed, len(data)-r.off)
 	}
 	if in.version != Version {
 		return Envelope{}, fmt.Errorf("decode: version %d, this side speaks %d: %w", in.version, Version, ErrVersion)

@@ -184,6 +184,10 @@ func TestValidateRules(t *testing.T) {
 		{"unknown command", "command", func(b Body) { b.(*Command).Action = 9 }, "command.action"},
 		{"unknown status", "command_result", func(b Body) { b.(*CommandResult).Status = 0 }, "status"},
 		{"unknown error code", "checkin_response_error", func(b Body) { b.(*CheckInResponse).Error = 200 }, "error"},
+		{"refusal with profiles", "checkin_response_error", func(b Body) {
+			b.(*CheckInResponse).Profiles = []DesiredProfile{{Type: ProfileEmail, Name: "x"}}
+		}, "error"},
+		{"refusal with identity", "enroll_response_error", func(b Body) { b.(*EnrollResponse).Device = "d-1" }, "error"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -296,5 +300,25 @@ func TestDecodeMemoryBounded(t *testing.T) {
 	perRun := (after.TotalAlloc - before.TotalAlloc) / runs
 	if limit := uint64(4 * MaxPayload); perRun > limit {
 		t.Errorf("Decode of %d hostile bytes allocated %d bytes per run; want at most %d", len(data), perRun, limit)
+	}
+}
+
+// TestCheckTextBytes checks the word-at-a-time check against the simple
+// one for every byte value at every position of the first words.
+func TestCheckTextBytes(t *testing.T) {
+	base := []byte("Corp WiFi profile, v2 (Contoso)")
+	for pos := range 20 {
+		for c := range 256 {
+			b := bytes.Clone(base)
+			b[pos] = byte(c)
+			if got, want := checkTextBytes(b), checkText(string(b)); got != want {
+				t.Fatalf("checkTextBytes(%q) = %q; checkText says %q", b, got, want)
+			}
+		}
+	}
+	for _, s := range []string{"", "a", "é漢字 ok", "tab\there", "del\x7f", "\xff\xfe", "ok but \u0085 (NEL)"} {
+		if got, want := checkTextBytes([]byte(s)), checkText(s); got != want {
+			t.Errorf("checkTextBytes(%q) = %q; checkText says %q", s, got, want)
+		}
 	}
 }

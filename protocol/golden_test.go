@@ -3,6 +3,7 @@ package protocol
 import (
 	"bytes"
 	"flag"
+	"fmt"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -60,8 +61,8 @@ func TestGolden(t *testing.T) {
 	}
 }
 
-// TestSpecExamples keeps the specification's examples true: README.md
-// must show the diagnostic notation of every golden message.
+// TestSpecExamples keeps the specification true: README.md must show the
+// diagnostic notation of every golden message and every error code.
 func TestSpecExamples(t *testing.T) {
 	spec := string(readFile(t, "README.md"))
 	names := make([]string, 0, len(golden()))
@@ -73,6 +74,12 @@ func TestSpecExamples(t *testing.T) {
 		diag := strings.TrimSpace(string(readFile(t, filepath.Join("testdata", name+".diag"))))
 		if !strings.Contains(spec, diag) {
 			t.Errorf("README.md does not show testdata/%s.diag:\n%s", name, diag)
+		}
+	}
+	for c := ErrorCode(0); c.Valid(); c++ {
+		row := fmt.Sprintf("| %d | `%s` | %s |", c, c, c.Hint())
+		if !strings.Contains(spec, row) {
+			t.Errorf("README.md lacks the error code row\n%s", row)
 		}
 	}
 }

@@ -101,6 +101,9 @@ func (m *EnrollResponse) validate(v *validator) {
 	v.enum("error", m.Error.Valid())
 	v.text("message", m.Message, 0, MaxMessageText)
 	if m.Error != CodeNone {
+		if m.Device != "" || len(m.Certificate) > 0 || m.Authority != 0 || m.Epoch != 0 || len(m.CACertificate) > 0 {
+			v.fail("error", "a refusal carries only error and message")
+		}
 		return
 	}
 	v.id("device", m.Device)
@@ -286,6 +289,11 @@ func (m *CheckInResponse) validate(v *validator) {
 	v.enum("error", m.Error.Valid())
 	v.text("message", m.Message, 0, MaxMessageText)
 	if m.Error != CodeNone {
+		if m.Authority != 0 || m.Epoch != 0 || m.ChangedAt != 0 || m.DesiredVersion != 0 ||
+			len(m.Profiles) > 0 || m.RetainUntil != 0 || len(m.Commands) > 0 || m.NextCheckIn != 0 ||
+			len(m.Certificate) > 0 {
+			v.fail("error", "a refusal carries only error and message")
+		}
 		return
 	}
 	if !m.Authority.Valid() || m.Authority == AuthorityUnknown {

@@ -14,15 +14,50 @@ import (
 )
 
 // The reference codec: the CBOR library's reflection over the struct tags,
-// with the protocol's one encoding mode and one decoding mode. The fast path
-// in wire.go must agree with it on every input.
+// with the protocol's one encoding mode and one decoding mode, which define
+// the encoding and the limits. The codec in wire.go must agree with it on
+// every input: TestFastPathMatchesReference and FuzzDecode check that.
 
+// encMode is the protocol's one encoding mode: core deterministic
+// encoding, so that the same message always has the same bytes.
 var encMode = func() cbor.EncMode {
 	em, err := cbor.CoreDetEncOptions().EncMode()
 	if err != nil {
 		panic(err)
 	}
 	return em
+}()
+
+// decMode is the protocol's one decoding mode: the limits on depth and
+// counts, and no tags, indefinite lengths, duplicate keys, invalid UTF-8 or
+// simple values but false, true, null and undefined.
+var decMode = func() cbor.DecMode {
+	var reject []func(*cbor.SimpleValueRegistry) error
+	for sv := range 256 {
+		if (sv < 20 || sv > 31) && sv != 24 {
+			reject = append(reject, cbor.WithRejectedSimpleValue(cbor.SimpleValue(sv)))
+		}
+	}
+	simple, err := cbor.NewSimpleValueRegistryFromDefaults(reject...)
+	if err != nil {
+		panic(err)
+	}
+	dm, err := cbor.DecOptions{
+		SimpleValues:     simple,
+		DupMapKey:        cbor.DupMapKeyEnforcedAPF,
+		MaxNestedLevels:  MaxNesting,
+		MaxArrayElements: MaxArrayElements,
+		MaxMapPairs:      MaxMapPairs,
+		IndefLength:      cbor.IndefLengthForbidden,
+		TagsMd:           cbor.TagsForbidden,
+		UTF8:             cbor.UTF8RejectInvalid,
+		NaN:              cbor.NaNDecodeForbidden,
+		Inf:              cbor.InfDecodeForbidden,
+	}.DecMode()
+	if err != nil {
+		panic(err)
+	}
+	return dm
 }()
 
 type refEnvelopeOut struct {

@@ -1,6 +1,7 @@
 package protocol
 
 import (
+	"encoding/binary"
 	"fmt"
 	"strings"
 	"unicode"
@@ -42,7 +43,7 @@ func (v *validator) text(field, s string, min, max int) {
 
 // checkText returns what is wrong with the characters of a single-line
 // text, or "" if nothing is: it must be UTF-8 without control characters.
-func checkText[T string | []byte](s T) string {
+func checkText(s string) string {
 	ascii := true
 	for i := 0; i < len(s); i++ {
 		c := s[i]
@@ -51,11 +52,37 @@ func checkText[T string | []byte](s T) string {
 		}
 		ascii = ascii && c < 0x80
 	}
-	if !ascii && !utf8.ValidString(string(s)) {
+	if !ascii && !utf8.ValidString(s) {
 		return "not valid UTF-8"
 	}
-	if !ascii && strings.ContainsFunc(string(s), unicode.IsControl) {
+	if !ascii && strings.ContainsFunc(s, unicode.IsControl) {
 		return "contains a control character"
+	}
+	return ""
+}
+
+// checkTextBytes is checkText for the decoder's hot path. It tests eight
+// bytes at a time for printable ASCII, the common case, and leaves
+// anything else to checkText.
+func checkTextBytes(b []byte) string {
+	const (
+		ones  = 0x0101010101010101
+		highs = 0x8080808080808080
+	)
+	i := 0
+	for ; i+8 <= len(b); i += 8 {
+		x := binary.LittleEndian.Uint64(b[i:])
+		del := x ^ 0x7f7f7f7f7f7f7f7f
+		if x&highs != 0 || // a byte of 0x80 or more
+			(x-0x20*ones)&^x&highs != 0 || // a byte below 0x20
+			(del-ones)&^del&highs != 0 { // a byte equal to 0x7f
+			return checkText(string(b))
+		}
+	}
+	for ; i < len(b); i++ {
+		if c := b[i]; c < 0x20 || c >= 0x7f {
+			return checkText(string(b))
+		}
 	}
 	return ""
 }

@@ -14,9 +14,11 @@ import (
 // which the tests check on every golden and generated message and the fuzz
 // target on every input.
 // They exist because reflection costs three to five times more on the
-// check-in hot path. The decoder only runs on input that decMode has found
-// well formed within the limits (no tags, no indefinite lengths, bounded
-// depth and counts), so it deals in types, duplicate keys and UTF-8 only.
+// check-in hot path, and the library's separate well-formedness pass
+// another third of the decoder's time. The decoder enforces the limits of
+// the reference decoding mode itself, in one pass: no tags, no indefinite
+// lengths, no unknown simple values, bounded depth and counts, checked
+// before anything is allocated.
 
 const (
 	majorUint   byte = 0 << 5
@@ -25,6 +27,7 @@ const (
 	majorText   byte = 3 << 5
 	majorArray  byte = 4 << 5
 	majorMap    byte = 5 << 5
+	majorTag    byte = 6 << 5
 	majorSimple byte = 7 << 5
 )
 
@@ -315,6 +318,7 @@ type reader struct {
 	b     []byte
 	off   int
 	arena string
+	depth int // arrays and maps open around the current position
 }
 
 var errShort = errors.New("unexpected end of data")
@@ -434,14 +438,14 @@ func (r *reader) raw(field string, want byte) ([]byte, error) {
 }
 
 func (r *reader) text(field string) (string, error) {
-	if r.null() {
+	if r.off < len(r.b) && r.b[r.off]&0xe0 != majorText && r.null() {
 		return "", nil
 	}
 	s, err := r.raw(field, majorText)
 	if err != nil {
 		return "", err
 	}
-	if msg := checkText(s); msg != "" {
+	if msg := checkTextBytes(s); msg != "" {
 		return "", fmt.Errorf("%s: %s", field, msg)
 	}
 	if len(s) == 0 {
@@ -479,11 +483,9 @@ func (r *reader) messageID(field string, id *MessageID) error {
 	return nil
 }
 
-// array reads an array head; null gives an empty array.
+// array reads an array head and enters it; the caller calls r.depth--
+// after the elements. null gives an empty array and enters nothing.
 func (r *reader) array(field string) (int, error) {
-	if r.null() {
-		return 0, nil
-	}
 	major, n, err := r.head()
 	if err != nil {
 		return 0, err
@@ -491,11 +493,14 @@ func (r *reader) array(field string) (int, error) {
 	if major != majorArray {
 		return 0, &typeError{field, major}
 	}
-	return int(n), nil // well formed: n <= MaxArrayElements
+	return int(n), r.open(major, n)
 }
 
-// skip steps over one well-formed item.
+// skip steps over one item of an unknown field, checking it as strictly
+// as a known one: no tags, no indefinite lengths, no simple values but
+// false, true, null and undefined, and the limits on depth and counts.
 func (r *reader) skip() error {
+	start := r.off
 	major, n, err := r.head()
 	if err != nil {
 		return err
@@ -507,6 +512,9 @@ func (r *reader) skip() error {
 		}
 		r.off += int(n)
 	case majorArray, majorMap:
+		if err := r.open(major, n); err != nil {
+			return err
+		}
 		if major == majorMap {
 			n *= 2
 		}
@@ -515,6 +523,28 @@ func (r *reader) skip() error {
 				return err
 			}
 		}
+		r.depth--
+	case majorTag:
+		return errors.New("CBOR tags are not allowed")
+	case majorSimple:
+		if ai := r.b[start] & 0x1f; ai < 20 || ai == 24 {
+			return errors.New("CBOR simple values other than false, true, null and undefined are not allowed")
+		}
+	}
+	return nil
+}
+
+// open enters an array or map of n elements or pairs, enforcing the limits
+// on nesting and counts before anything is allocated for it.
+func (r *reader) open(major byte, n uint64) error {
+	if r.depth++; r.depth > MaxNesting {
+		return fmt.Errorf("nested deeper than %d levels", MaxNesting)
+	}
+	if major == majorMap && n > MaxMapPairs {
+		return fmt.Errorf("map of %d pairs, more than %d", n, MaxMapPairs)
+	}
+	if major == majorArray && n > MaxArrayElements {
+		return fmt.Errorf("array of %d elements, more than %d", n, MaxArrayElements)
 	}
 	return nil
 }
@@ -535,6 +565,11 @@ func (r *reader) fields(what string, fn func(key uint64) error) error {
 	}
 	if major != majorMap {
 		return &typeError{what, major}
+	}
+	// On error the decode is abandoned, so only the success path needs to
+	// leave the map.
+	if err := r.open(major, n); err != nil {
+		return err
 	}
 	var seen uint64
 	var unknown []any
@@ -575,6 +610,7 @@ func (r *reader) fields(what string, fn func(key uint64) error) error {
 			return err
 		}
 	}
+	r.depth--
 	return nil
 }
 
@@ -596,6 +632,10 @@ func (r *reader) mapKey(what string) (key uint64, other any, err error) {
 	major, v, err := r.head()
 	if err != nil {
 		return 0, nil, err
+	}
+	if v > math.MaxInt64 {
+		// Integer keys are int64 in the reference decoder too.
+		return 0, nil, fmt.Errorf("%s: map key overflows int64", what)
 	}
 	switch major {
 	case majorUint:
@@ -846,6 +886,7 @@ func (r *reader) installedProfiles() ([]InstalledProfile, error) {
 			return nil, err
 		}
 	}
+	r.depth--
 	return ps, nil
 }
 
@@ -895,6 +936,7 @@ func (r *reader) desiredProfiles() ([]DesiredProfile, error) {
 		}
 		spans = append(spans, span)
 	}
+	r.depth--
 	for i, span := range spans {
 		if span[0] >= 0 {
 			ps[i].Settings = all[span[0]:span[1]:span[1]]
@@ -924,6 +966,9 @@ func (r *reader) appendSettings(s Settings) (Settings, error) {
 	if major != majorMap {
 		return s, &typeError{"settings", major}
 	}
+	if err := r.open(major, n); err != nil {
+		return s, err
+	}
 	if s == nil {
 		s = make(Settings, 0, max(n, 16))
 	}
@@ -943,6 +988,7 @@ func (r *reader) appendSettings(s Settings) (Settings, error) {
 		}
 		s = append(s, kv)
 	}
+	r.depth--
 	return s, nil
 }
 
@@ -960,6 +1006,7 @@ func (r *reader) commands() ([]Command, error) {
 			return nil, err
 		}
 	}
+	r.depth--
 	return cs, nil
 }
 
@@ -1002,6 +1049,7 @@ func (r *reader) compliance(c *Compliance) error {
 					return err
 				}
 			}
+			r.depth--
 		default:
 			return errUnknownField
 		}
