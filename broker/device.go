@@ -1,0 +1,208 @@
+package broker
+
+import (
+	"fmt"
+	"time"
+
+	"github.com/mdm-authority/mdm/protocol"
+)
+
+// DeviceState is where a device is in its management life.
+type DeviceState uint8
+
+// Device states. Only an enrolled device is managed; the others are kept
+// for the admin's record until housekeeping removes them.
+const (
+	DeviceEnrolled   DeviceState = 1
+	DeviceWiped      DeviceState = 2
+	DeviceRetired    DeviceState = 3
+	DeviceUnenrolled DeviceState = 4
+)
+
+var deviceStateNames = [...]string{"", "enrolled", "wiped", "retired", "unenrolled"}
+
+// String returns the state's name.
+func (s DeviceState) String() string {
+	if int(s) < len(deviceStateNames) && s > 0 {
+		return deviceStateNames[s]
+	}
+	return fmt.Sprintf("state(%d)", s)
+}
+
+// ParseDeviceState returns the state named s.
+func ParseDeviceState(s string) (DeviceState, error) {
+	for i, name := range deviceStateNames {
+		if i > 0 && name == s {
+			return DeviceState(i), nil
+		}
+	}
+	return 0, fmt.Errorf("unknown device state %q: use enrolled, wiped, retired or unenrolled", s)
+}
+
+// MarshalText implements encoding.TextMarshaler for JSON.
+func (s DeviceState) MarshalText() ([]byte, error) { return []byte(s.String()), nil }
+
+// UnmarshalText implements encoding.TextUnmarshaler for JSON.
+func (s *DeviceState) UnmarshalText(b []byte) error {
+	v, err := ParseDeviceState(string(b))
+	*s = v
+	return err
+}
+
+// PushState tracks the check-in request the service owes a device: it is
+// sent, then retried up to MaxPushRetries times, until the device checks in.
+type PushState struct {
+	Pending  bool
+	Reason   protocol.PushReason
+	Attempts int
+	NextAt   time.Time
+}
+
+// Device is the service's record of one enrolled device.
+type Device struct {
+	ID         string
+	Platform   protocol.Platform
+	OSVersion  string
+	User       string
+	Name       string
+	EnrollType protocol.EnrollmentType
+	State      DeviceState
+	EnrolledAt time.Time
+
+	// Authority manages the device now; it changes when the device checks
+	// in after a change, or when an admin migrates a userless device.
+	Authority protocol.Authority
+	// PreviousAuthority is the authority before the last move, and
+	// AuthoritySince the change that caused it: the start of the
+	// retention period of the previous authority's profiles.
+	PreviousAuthority protocol.Authority
+	AuthoritySince    time.Time
+	MigratedAt        time.Time
+	// NeedsSupport marks a userless device left on the previous authority
+	// after a change: it moves only when an admin migrates it.
+	NeedsSupport bool
+
+	CertSerial   string
+	CertNotAfter time.Time
+
+	LastCheckIn time.Time
+	// LastAttempt and LastError record the latest check-in, failed or
+	// not; LastError is CodeNone after a success.
+	LastAttempt time.Time
+	LastError   protocol.ErrorCode
+	CheckIns    uint64
+
+	Installed            []protocol.InstalledProfile
+	Compliance           protocol.Compliance
+	ComplianceReportedAt time.Time
+	// DesiredVersion is the desired-state version the device reported.
+	DesiredVersion uint64
+	// Epoch is the authority epoch the device reported.
+	Epoch uint64
+
+	Push PushState
+}
+
+// Managed reports whether the service still manages the device.
+func (d *Device) Managed() bool { return d.State == DeviceEnrolled }
+
+// target returns the authority the device should be on now, and whether
+// it is a userless device stranded on another one.
+func (d *Device) target(t *Tenant) (a protocol.Authority, stranded bool) {
+	want := t.AuthorityFor(d.User)
+	if d.User == "" {
+		// Devices without a user are not migrated: they stay until an
+		// admin moves them (Migrate).
+		return d.Authority, want != d.Authority
+	}
+	return want, false
+}
+
+// checkIn applies a check-in to the record: it refuses it with an error
+// code, or moves the device to the authority it should be on and records
+// the state it reported. The record is changed only on success, except for
+// the time and code of the attempt.
+func (d *Device) checkIn(t *Tenant, m *protocol.CheckIn, now time.Time) protocol.ErrorCode {
+	d.LastAttempt = now
+	code := d.admit(t, now)
+	d.LastError = code
+	if code != protocol.CodeNone {
+		return code
+	}
+	target, stranded := d.target(t)
+	d.NeedsSupport = stranded
+	if target != d.Authority {
+		d.moveTo(target, t.SinceFor(d.User), now)
+	}
+	d.LastCheckIn = now
+	d.CheckIns++
+	d.Installed = m.Profiles
+	d.Compliance = m.Compliance
+	d.ComplianceReportedAt = now
+	d.DesiredVersion = m.DesiredVersion
+	d.Epoch = m.Epoch
+	if m.OSVersion != "" {
+		d.OSVersion = m.OSVersion
+	}
+	d.Push = PushState{} // it checked in: nothing more to ask
+	return protocol.CodeNone
+}
+
+// admit decides whether a check-in can be served.
+func (d *Device) admit(t *Tenant, now time.Time) protocol.ErrorCode {
+	switch {
+	case !d.Managed():
+		return protocol.CodeNotEnrolled
+	case !now.Before(d.CertNotAfter):
+		return protocol.CodeCertificateExpired
+	}
+	target, _ := d.target(t)
+	if d.Platform.NeedsAPNs() && !t.HasAPNs(target) {
+		return protocol.CodeAPNsCertificateMissing
+	}
+	return protocol.CodeNone
+}
+
+func (d *Device) moveTo(a protocol.Authority, since, now time.Time) {
+	d.PreviousAuthority = d.Authority
+	d.Authority = a
+	d.AuthoritySince = since
+	d.MigratedAt = now
+}
+
+// RetainUntil returns the deadline of the previous authority's profiles on
+// the device, or the zero time when no retention period is running.
+func (d *Device) RetainUntil(now time.Time) time.Time {
+	if d.AuthoritySince.IsZero() || d.PreviousAuthority == protocol.AuthorityUnknown {
+		return time.Time{}
+	}
+	until := d.AuthoritySince.Add(RetentionPeriod)
+	if !now.Before(until) {
+		return time.Time{}
+	}
+	return until
+}
+
+// Profile is one profile of an authority's catalog.
+type Profile struct {
+	Authority protocol.Authority
+	Type      protocol.ProfileType
+	Name      string
+	Version   uint64
+	Settings  protocol.Settings
+	UpdatedAt time.Time
+}
+
+// desired returns the catalog entries a device on authority a gets.
+func desired(catalog []Profile, a protocol.Authority) []protocol.DesiredProfile {
+	var out []protocol.DesiredProfile
+	for _, p := range catalog {
+		if p.Authority == a && Supports(a, p.Type) {
+			out = append(out, protocol.DesiredProfile{Type: p.Type, Name: p.Name, Version: p.Version, Settings: p.Settings})
+		}
+	}
+	if out == nil {
+		out = []protocol.DesiredProfile{}
+	}
+	return out
+}

@@ -1,0 +1,568 @@
+package broker
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"crypto/subtle"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/mdm-authority/mdm/protocol"
+)
+
+// Clock tells the service the time. Tests and the simulator pass their own;
+// nil means the real clock.
+type Clock interface {
+	Now() time.Time
+}
+
+type realClock struct{}
+
+func (realClock) Now() time.Time { return time.Now() }
+
+// PushRetryDelays are the waits before the retries of a push a device did
+// not answer with a check-in: three more tries, spaced out.
+var PushRetryDelays = []time.Duration{5 * time.Minute, 30 * time.Minute, 2 * time.Hour}
+
+// Options configure a Service. Zero values take the defaults.
+type Options struct {
+	// Tenant is the tenant id in the topics; default "default".
+	Tenant string
+	// Clock is the time source; default the real clock.
+	Clock Clock
+	// Logger receives the service's log; default discards it.
+	Logger *slog.Logger
+	// Rand is the source of ids; default crypto/rand.
+	Rand io.Reader
+	// CertValidity is the lifetime of device certificates; default 1 year.
+	CertValidity time.Duration
+	// RenewalWindow is how long before expiry a device may renew its
+	// certificate; default 30 days.
+	RenewalWindow time.Duration
+}
+
+// Outgoing is a message the service publishes.
+type Outgoing struct {
+	Topic   string
+	QoS     byte
+	Payload []byte
+}
+
+// Service is the management service: the tenant's authority, devices,
+// profiles, commands and pushes, on a durable store. Its message handling
+// is safe for concurrent use.
+type Service struct {
+	opts  Options
+	store *Store
+	ca    *CA
+
+	mu     sync.RWMutex
+	tenant *Tenant // cached: read on every check-in, written by admin operations
+}
+
+// NewService returns a service on store, issuing certificates with ca.
+func NewService(store *Store, ca *CA, opts Options) (*Service, error) {
+	if opts.Tenant == "" {
+		opts.Tenant = "default"
+	}
+	if err := protocol.ValidID(opts.Tenant); err != nil {
+		return nil, fmt.Errorf("tenant id: %w", err)
+	}
+	if opts.Clock == nil {
+		opts.Clock = realClock{}
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.New(slog.DiscardHandler)
+	}
+	if opts.Rand == nil {
+		opts.Rand = rand.Reader
+	}
+	if opts.CertValidity == 0 {
+		opts.CertValidity = 365 * 24 * time.Hour
+	}
+	if opts.RenewalWindow == 0 {
+		opts.RenewalWindow = 30 * 24 * time.Hour
+	}
+	s := &Service{opts: opts, store: store, ca: ca}
+	err := store.View(func(tx *Tx) error {
+		t, err := tx.Tenant()
+		s.tenant = t
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	return s, nil
+}
+
+// Tenant returns a copy of the tenant's authority state.
+func (s *Service) Tenant() Tenant {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	return *s.tenant
+}
+
+// updateTenant runs fn on a copy of the tenant state inside a store
+// transaction and, when both succeed, makes the copy current.
+func (s *Service) updateTenant(fn func(tx *Tx, t *Tenant) error) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	t, err := cloneTenant(s.tenant)
+	if err != nil {
+		return err
+	}
+	err = s.store.Update(func(tx *Tx) error {
+		if err := fn(tx, t); err != nil {
+			return err
+		}
+		return tx.PutTenant(t)
+	})
+	if err != nil {
+		return err
+	}
+	s.tenant = t
+	return nil
+}
+
+func cloneTenant(t *Tenant) (*Tenant, error) {
+	b, err := storeEnc.Marshal(t)
+	if err != nil {
+		return nil, err
+	}
+	var c Tenant
+	return &c, storeDec.Unmarshal(b, &c)
+}
+
+// RotateEnrollmentToken creates a new enrollment token, which replaces the
+// previous one, and returns it. Only its hash is stored.
+func (s *Service) RotateEnrollmentToken() (string, error) {
+	var b [18]byte
+	if _, err := io.ReadFull(s.opts.Rand, b[:]); err != nil {
+		return "", fmt.Errorf("enrollment token: %w", err)
+	}
+	token := "enr-" + hex.EncodeToString(b[:])
+	sum := sha256.Sum256([]byte(token))
+	err := s.store.Update(func(tx *Tx) error { return tx.PutTokenHash(sum[:]) })
+	if err != nil {
+		return "", fmt.Errorf("enrollment token: %w", err)
+	}
+	return token, nil
+}
+
+func (s *Service) newID(prefix string) (string, error) {
+	var b [8]byte
+	if _, err := io.ReadFull(s.opts.Rand, b[:]); err != nil {
+		return "", fmt.Errorf("new id: %w", err)
+	}
+	return prefix + hex.EncodeToString(b[:]), nil
+}
+
+// SetAuthority changes the tenant's MDM authority and asks every enrolled
+// device to check in: at once, through the push queue. iOS and iPadOS
+// devices whose new authority has no APNs certificate are not pushed; the
+// upload pushes them. It returns the change and the number of pushes queued.
+func (s *Service) SetAuthority(m Mode) (AuthorityChange, int, error) {
+	now := s.opts.Clock.Now()
+	var change AuthorityChange
+	queued := 0
+	err := s.updateTenant(func(tx *Tx, t *Tenant) error {
+		c, err := t.SetMode(m, now)
+		if err != nil {
+			return err
+		}
+		change = c
+		return tx.Devices(func(d *Device) error {
+			if !d.Managed() {
+				return nil
+			}
+			target, _ := d.target(t)
+			if d.Platform.NeedsAPNs() && !t.HasAPNs(target) {
+				return nil
+			}
+			queued++
+			return s.schedulePush(tx, d, protocol.PushAuthorityChange, now)
+		})
+	})
+	if err != nil {
+		return AuthorityChange{}, 0, fmt.Errorf("set authority: %w", err)
+	}
+	s.opts.Logger.Info("authority changed", "from", change.From, "to", change.To, "epoch", change.Epoch, "pushes", queued)
+	return change, queued, nil
+}
+
+// UploadAPNs records the APNs certificate of authority a, with the admin's
+// consent, and pushes the iOS and iPadOS devices that have not checked in
+// since the last change and now can.
+func (s *Service) UploadAPNs(a protocol.Authority, consent bool) (int, error) {
+	now := s.opts.Clock.Now()
+	queued := 0
+	err := s.updateTenant(func(tx *Tx, t *Tenant) error {
+		if err := t.UploadAPNs(a, consent, now); err != nil {
+			return err
+		}
+		since := t.ChangedAt()
+		return tx.Devices(func(d *Device) error {
+			target, _ := d.target(t)
+			if !d.Managed() || !d.Platform.NeedsAPNs() || target != a || d.LastCheckIn.After(since) {
+				return nil
+			}
+			queued++
+			return s.schedulePush(tx, d, protocol.PushAuthorityChange, now)
+		})
+	})
+	if err != nil {
+		return 0, fmt.Errorf("upload APNs certificate: %w", err)
+	}
+	return queued, nil
+}
+
+// schedulePush queues a push to d due now, replacing any queued one.
+func (s *Service) schedulePush(tx *Tx, d *Device, reason protocol.PushReason, now time.Time) error {
+	if err := tx.unqueuePush(d); err != nil {
+		return err
+	}
+	d.Push = PushState{Pending: true, Reason: reason, NextAt: now}
+	if err := tx.queuePush(d); err != nil {
+		return err
+	}
+	return tx.PutDevice(d)
+}
+
+// DuePushes takes up to max pushes that are due and returns them as
+// messages to publish. Each is requeued for its next retry, or dropped after
+// the last, before it is returned: a push lost in a crash is retried.
+func (s *Service) DuePushes(max int) ([]Outgoing, error) {
+	now := s.opts.Clock.Now()
+	t := s.Tenant()
+	var out []Outgoing
+	err := s.store.Update(func(tx *Tx) error {
+		out = out[:0]
+		for _, id := range tx.duePushes(now, max) {
+			d, err := tx.Device(id)
+			if err != nil {
+				return err
+			}
+			if err := tx.unqueuePush(d); err != nil {
+				return err
+			}
+			if !d.Managed() || !d.Push.Pending {
+				d.Push = PushState{}
+				if err := tx.PutDevice(d); err != nil {
+					return err
+				}
+				continue
+			}
+			msg, err := s.encode(d.ID, protocol.MessageID{}, &protocol.Push{Epoch: t.Epoch, Reason: d.Push.Reason})
+			if err != nil {
+				return err
+			}
+			out = append(out, Outgoing{Topic: protocol.DownlinkTopic(s.opts.Tenant, d.ID), QoS: 0, Payload: msg})
+			if d.Push.Attempts < len(PushRetryDelays) {
+				d.Push.NextAt = now.Add(PushRetryDelays[d.Push.Attempts])
+				d.Push.Attempts++
+				if err := tx.queuePush(d); err != nil {
+					return err
+				}
+			} else {
+				d.Push = PushState{}
+			}
+			if err := tx.PutDevice(d); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	return out, err
+}
+
+// encode builds one outgoing message with a fresh id.
+func (s *Service) encode(device string, replyTo protocol.MessageID, body protocol.Body) ([]byte, error) {
+	id, err := protocol.NewMessageID(s.opts.Rand)
+	if err != nil {
+		return nil, err
+	}
+	return protocol.Encode(protocol.Envelope{
+		ID: id, Sent: protocol.At(s.opts.Clock.Now()), Device: device, ReplyTo: replyTo, Body: body,
+	})
+}
+
+// Errors of message handling, for the caller's counters and logs. The
+// device gets an error code in a response where the protocol has one.
+var (
+	ErrWrongTenant = errors.New("message for another tenant")
+	ErrUnexpected  = errors.New("message kind the service does not accept")
+)
+
+// HandleMessage processes one MQTT message a device published and returns
+// the messages to publish in answer. An error means the message was
+// dropped; it says why, for counting and logging.
+func (s *Service) HandleMessage(ctx context.Context, topic string, payload []byte) ([]Outgoing, error) {
+	tp, err := protocol.ParseTopic(topic)
+	if err != nil {
+		return nil, err
+	}
+	if tp.Tenant != s.opts.Tenant {
+		return nil, fmt.Errorf("%s: %w", topic, ErrWrongTenant)
+	}
+	env, err := protocol.Decode(payload)
+	if err != nil {
+		return nil, err
+	}
+	if err := tp.Admits(&env); err != nil {
+		return nil, err
+	}
+	switch m := env.Body.(type) {
+	case *protocol.EnrollRequest:
+		resp := s.enroll(m)
+		return s.reply(protocol.EnrollResponseTopic(s.opts.Tenant, tp.ID), "", env.ID, resp)
+	case *protocol.CheckIn:
+		resp, err := s.checkIn(tp.ID, m)
+		if err != nil {
+			return nil, err
+		}
+		return s.reply(protocol.DownlinkTopic(s.opts.Tenant, tp.ID), tp.ID, env.ID, resp)
+	case *protocol.CommandResult:
+		return nil, s.commandResult(tp.ID, m)
+	case *protocol.ComplianceReport:
+		return nil, s.complianceReport(tp.ID, m)
+	case *protocol.Unenroll:
+		return nil, s.unenroll(tp.ID)
+	}
+	return nil, fmt.Errorf("%s on %s: %w", env.Kind(), topic, ErrUnexpected)
+}
+
+func (s *Service) reply(topic, device string, replyTo protocol.MessageID, body protocol.Body) ([]Outgoing, error) {
+	b, err := s.encode(device, replyTo, body)
+	if err != nil {
+		return nil, err
+	}
+	return []Outgoing{{Topic: topic, QoS: 1, Payload: b}}, nil
+}
+
+func refuseEnroll(code protocol.ErrorCode) *protocol.EnrollResponse {
+	return &protocol.EnrollResponse{Error: code, Message: code.Hint()}
+}
+
+// enroll answers an enrollment request.
+func (s *Service) enroll(m *protocol.EnrollRequest) *protocol.EnrollResponse {
+	now := s.opts.Clock.Now()
+	t := s.Tenant()
+	if t.Mode == ModeUnknown {
+		return refuseEnroll(protocol.CodeAuthorityNotSet)
+	}
+	var hash []byte
+	_ = s.store.View(func(tx *Tx) error { hash = tx.TokenHash(); return nil })
+	sum := sha256.Sum256([]byte(m.Token))
+	if hash == nil || subtle.ConstantTimeCompare(hash, sum[:]) != 1 {
+		return refuseEnroll(protocol.CodeInvalidToken)
+	}
+	authority := t.AuthorityFor(m.User)
+	if m.Platform.NeedsAPNs() && !t.HasAPNs(authority) {
+		return refuseEnroll(protocol.CodeAPNsCertificateMissing)
+	}
+	id, err := s.newID("d-")
+	if err != nil {
+		s.opts.Logger.Error("enroll", "err", err)
+		return refuseEnroll(protocol.CodeInternal)
+	}
+	der, cert, err := s.ca.SignDevice(m.CSR, s.opts.Tenant, id, now, s.opts.CertValidity)
+	if err != nil {
+		return &protocol.EnrollResponse{Error: protocol.CodeBadRequest, Message: "certificate signing request refused: " + err.Error()}
+	}
+	d := &Device{
+		ID: id, Platform: m.Platform, OSVersion: m.OSVersion, User: m.User, Name: m.Name,
+		EnrollType: m.Type, State: DeviceEnrolled, EnrolledAt: now, Authority: authority,
+		CertSerial: cert.SerialNumber.Text(16), CertNotAfter: cert.NotAfter,
+	}
+	if err := s.store.Update(func(tx *Tx) error { return tx.PutDevice(d) }); err != nil {
+		s.opts.Logger.Error("enroll", "err", err)
+		return refuseEnroll(protocol.CodeInternal)
+	}
+	s.opts.Logger.Info("device enrolled", "device", id, "platform", m.Platform, "authority", authority, "user", m.User != "")
+	return &protocol.EnrollResponse{Device: id, Certificate: der, Authority: authority, Epoch: t.Epoch, CACertificate: s.ca.CertificateDER()}
+}
+
+func refuseCheckIn(code protocol.ErrorCode) *protocol.CheckInResponse {
+	return &protocol.CheckInResponse{Error: code, Message: code.Hint()}
+}
+
+// checkIn applies a device's check-in and answers it. A refusal is an
+// answer too; the error is for failures of the service itself.
+func (s *Service) checkIn(id string, m *protocol.CheckIn) (*protocol.CheckInResponse, error) {
+	now := s.opts.Clock.Now()
+	t := s.Tenant()
+	catalog, err := s.catalog()
+	if err != nil {
+		return nil, err
+	}
+	var resp *protocol.CheckInResponse
+	var renewCSR []byte
+	err = s.store.Batch(func(tx *Tx) error {
+		renewCSR = nil
+		d, err := tx.Device(id)
+		if errors.Is(err, ErrNotFound) {
+			resp = refuseCheckIn(protocol.CodeNotEnrolled)
+			return nil
+		} else if err != nil {
+			return err
+		}
+		if err := tx.unqueuePush(d); err != nil {
+			return err
+		}
+		if code := d.checkIn(&t, m, now); code != protocol.CodeNone {
+			resp = refuseCheckIn(code)
+			if d.Push.Pending {
+				if err := tx.queuePush(d); err != nil {
+					return err
+				}
+			}
+			return tx.PutDevice(d)
+		}
+		resp = &protocol.CheckInResponse{
+			Authority: d.Authority, Epoch: t.Epoch, ChangedAt: protocol.At(t.ChangedAt()),
+			DesiredVersion: t.Revision, RetainUntil: protocol.At(d.RetainUntil(now)),
+		}
+		if m.DesiredVersion < t.Revision {
+			resp.Profiles = desired(catalog, d.Authority)
+		}
+		cmds, err := tx.Commands(id)
+		if err != nil {
+			return err
+		}
+		for _, c := range cmds {
+			if c.State.Open() {
+				if c.deliver(now) {
+					resp.Commands = append(resp.Commands, c.wire())
+				}
+				if err := tx.PutCommand(c); err != nil {
+					return err
+				}
+			}
+		}
+		if len(m.RenewalCSR) > 0 && d.CertNotAfter.Sub(now) <= s.opts.RenewalWindow {
+			renewCSR = m.RenewalCSR
+		}
+		return tx.PutDevice(d)
+	})
+	if err != nil {
+		return nil, fmt.Errorf("check-in of %s: %w", id, err)
+	}
+	if renewCSR != nil {
+		if err := s.renew(id, renewCSR, resp, now); err != nil {
+			s.opts.Logger.Warn("certificate renewal refused", "device", id, "err", err)
+		}
+	}
+	return resp, nil
+}
+
+// renew issues a renewed certificate into resp and records its expiry.
+func (s *Service) renew(id string, csr []byte, resp *protocol.CheckInResponse, now time.Time) error {
+	der, cert, err := s.ca.SignDevice(csr, s.opts.Tenant, id, now, s.opts.CertValidity)
+	if err != nil {
+		return err
+	}
+	err = s.store.Update(func(tx *Tx) error {
+		d, err := tx.Device(id)
+		if err != nil {
+			return err
+		}
+		d.CertSerial, d.CertNotAfter = cert.SerialNumber.Text(16), cert.NotAfter
+		return tx.PutDevice(d)
+	})
+	if err != nil {
+		return err
+	}
+	resp.Certificate = der
+	return nil
+}
+
+func (s *Service) catalog() ([]Profile, error) {
+	var ps []Profile
+	err := s.store.View(func(tx *Tx) error {
+		var err error
+		ps, err = tx.Profiles()
+		return err
+	})
+	return ps, err
+}
+
+// commandResult applies a device's command result once.
+func (s *Service) commandResult(id string, r *protocol.CommandResult) error {
+	now := s.opts.Clock.Now()
+	replayed := false
+	err := s.store.Update(func(tx *Tx) error {
+		c, err := tx.Command(id, r.ID)
+		if err != nil {
+			return err
+		}
+		if replayed = !c.complete(r, now); replayed {
+			return nil
+		}
+		if c.State == CommandAcknowledged && (c.Action == protocol.CommandWipe || c.Action == protocol.CommandRetire) {
+			d, err := tx.Device(id)
+			if err != nil {
+				return err
+			}
+			d.State = DeviceWiped
+			if c.Action == protocol.CommandRetire {
+				d.State = DeviceRetired
+			}
+			if err := tx.unqueuePush(d); err != nil {
+				return err
+			}
+			d.Push = PushState{}
+			if err := tx.PutDevice(d); err != nil {
+				return err
+			}
+		}
+		return tx.PutCommand(c)
+	})
+	if err != nil {
+		return fmt.Errorf("command result of %s: %w", id, err)
+	}
+	if replayed {
+		return fmt.Errorf("command result %s of %s: %w", r.ID, id, ErrReplayed)
+	}
+	return nil
+}
+
+// ErrReplayed is returned for a message the service had already applied.
+var ErrReplayed = errors.New("already applied")
+
+func (s *Service) complianceReport(id string, r *protocol.ComplianceReport) error {
+	now := s.opts.Clock.Now()
+	return s.store.Update(func(tx *Tx) error {
+		d, err := tx.Device(id)
+		if err != nil {
+			return err
+		}
+		if !d.Managed() {
+			return fmt.Errorf("compliance report of %s device %s: %w", d.State, id, ErrUnexpected)
+		}
+		d.Compliance, d.ComplianceReportedAt = r.Compliance, now
+		if r.OSVersion != "" {
+			d.OSVersion = r.OSVersion
+		}
+		return tx.PutDevice(d)
+	})
+}
+
+func (s *Service) unenroll(id string) error {
+	return s.store.Update(func(tx *Tx) error {
+		d, err := tx.Device(id)
+		if err != nil {
+			return err
+		}
+		if err := tx.unqueuePush(d); err != nil {
+			return err
+		}
+		d.State, d.Push = DeviceUnenrolled, PushState{}
+		return tx.PutDevice(d)
+	})
+}

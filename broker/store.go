@@ -1,0 +1,296 @@
+package broker
+
+import (
+	"bytes"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/fxamacker/cbor/v2"
+	bolt "go.etcd.io/bbolt"
+
+	"github.com/mdm-authority/mdm/protocol"
+)
+
+// The store's buckets. Records are CBOR with field names as keys, so that
+// fields can be added without migrating the file.
+var (
+	bucketMeta     = []byte("meta")     // "tenant" → Tenant, "token" → enrollment token hash
+	bucketDevices  = []byte("devices")  // device id → Device
+	bucketProfiles = []byte("profiles") // authority, type, name → Profile
+	bucketCommands = []byte("commands") // device id, 0, command id → Command
+	bucketPushes   = []byte("pushes")   // due time (8 bytes, big endian ns), device id → nothing
+)
+
+var (
+	keyTenant = []byte("tenant")
+	keyToken  = []byte("token")
+)
+
+// ErrNotFound is returned (wrapped) for a record that does not exist.
+var ErrNotFound = errors.New("not found")
+
+var (
+	storeEnc = func() cbor.EncMode {
+		opts := cbor.CoreDetEncOptions()
+		opts.Time = cbor.TimeRFC3339Nano
+		em, err := opts.EncMode()
+		if err != nil {
+			panic(err)
+		}
+		return em
+	}()
+	storeDec = func() cbor.DecMode {
+		dm, err := cbor.DecOptions{
+			MaxNestedLevels: 16,
+			IndefLength:     cbor.IndefLengthForbidden,
+		}.DecMode()
+		if err != nil {
+			panic(err)
+		}
+		return dm
+	}()
+)
+
+// Store is the service's durable state in one bbolt file: every committed
+// transaction survives a crash at any point.
+type Store struct {
+	db *bolt.DB
+}
+
+// OpenStore opens or creates the store file at path (mode 0600).
+func OpenStore(path string) (*Store, error) {
+	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: 2 * time.Second})
+	if err != nil {
+		if errors.Is(err, bolt.ErrTimeout) {
+			return nil, fmt.Errorf("open store %s: another mdm-broker is using it; stop it or use another --data directory", path)
+		}
+		return nil, fmt.Errorf("open store %s: %w", path, err)
+	}
+	err = db.Update(func(tx *bolt.Tx) error {
+		for _, b := range [][]byte{bucketMeta, bucketDevices, bucketProfiles, bucketCommands, bucketPushes} {
+			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		db.Close()
+		return nil, fmt.Errorf("open store %s: %w", path, err)
+	}
+	return &Store{db: db}, nil
+}
+
+// Close closes the store file.
+func (s *Store) Close() error { return s.db.Close() }
+
+// View runs fn in a read-only transaction.
+func (s *Store) View(fn func(*Tx) error) error {
+	return s.db.View(func(tx *bolt.Tx) error { return fn(&Tx{tx}) })
+}
+
+// Update runs fn in a read-write transaction, committed durably when fn
+// returns nil.
+func (s *Store) Update(fn func(*Tx) error) error {
+	return s.db.Update(func(tx *bolt.Tx) error { return fn(&Tx{tx}) })
+}
+
+// Batch runs fn in a read-write transaction shared with concurrent Batch
+// calls, which makes many small durable writes cheap. fn may run more
+// than once, so it must only act on the transaction.
+func (s *Store) Batch(fn func(*Tx) error) error {
+	return s.db.Batch(func(tx *bolt.Tx) error { return fn(&Tx{tx}) })
+}
+
+// Tx is a store transaction with typed accessors.
+type Tx struct {
+	tx *bolt.Tx
+}
+
+func (tx *Tx) get(bucket, key []byte, v any) error {
+	b := tx.tx.Bucket(bucket).Get(key)
+	if b == nil {
+		return ErrNotFound
+	}
+	if err := storeDec.Unmarshal(b, v); err != nil {
+		return fmt.Errorf("read %s record %q: %w", bucket, key, err)
+	}
+	return nil
+}
+
+func (tx *Tx) put(bucket, key []byte, v any) error {
+	b, err := storeEnc.Marshal(v)
+	if err != nil {
+		return fmt.Errorf("write %s record %q: %w", bucket, key, err)
+	}
+	return tx.tx.Bucket(bucket).Put(key, b)
+}
+
+// Tenant returns the tenant's authority state; a new store has the zero
+// state (authority unknown).
+func (tx *Tx) Tenant() (*Tenant, error) {
+	var t Tenant
+	if err := tx.get(bucketMeta, keyTenant, &t); err != nil && !errors.Is(err, ErrNotFound) {
+		return nil, err
+	}
+	return &t, nil
+}
+
+// PutTenant stores the tenant's authority state.
+func (tx *Tx) PutTenant(t *Tenant) error { return tx.put(bucketMeta, keyTenant, t) }
+
+// TokenHash returns the hash of the enrollment token, or nil if none was
+// created.
+func (tx *Tx) TokenHash() []byte {
+	return bytes.Clone(tx.tx.Bucket(bucketMeta).Get(keyToken))
+}
+
+// PutTokenHash stores the hash of the enrollment token.
+func (tx *Tx) PutTokenHash(h []byte) error { return tx.tx.Bucket(bucketMeta).Put(keyToken, h) }
+
+// Device returns the device with the id, or an error wrapping ErrNotFound.
+func (tx *Tx) Device(id string) (*Device, error) {
+	var d Device
+	if err := tx.get(bucketDevices, []byte(id), &d); err != nil {
+		return nil, fmt.Errorf("device %s: %w", id, err)
+	}
+	return &d, nil
+}
+
+// PutDevice stores a device record.
+func (tx *Tx) PutDevice(d *Device) error { return tx.put(bucketDevices, []byte(d.ID), d) }
+
+// DeleteDevice removes a device record, its commands and its queued push.
+func (tx *Tx) DeleteDevice(d *Device) error {
+	if err := tx.unqueuePush(d); err != nil {
+		return err
+	}
+	c := tx.tx.Bucket(bucketCommands).Cursor()
+	prefix := commandPrefix(d.ID)
+	for k, _ := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, _ = c.Seek(prefix) {
+		if err := c.Delete(); err != nil {
+			return err
+		}
+	}
+	return tx.tx.Bucket(bucketDevices).Delete([]byte(d.ID))
+}
+
+// Devices calls fn for every device, in id order, until fn returns an
+// error.
+func (tx *Tx) Devices(fn func(*Device) error) error {
+	return tx.tx.Bucket(bucketDevices).ForEach(func(k, v []byte) error {
+		var d Device
+		if err := storeDec.Unmarshal(v, &d); err != nil {
+			return fmt.Errorf("read device %q: %w", k, err)
+		}
+		return fn(&d)
+	})
+}
+
+func profileKey(a protocol.Authority, typ protocol.ProfileType, name string) []byte {
+	return append([]byte{byte(a), byte(typ)}, name...)
+}
+
+// Profiles returns every profile of every authority's catalog.
+func (tx *Tx) Profiles() ([]Profile, error) {
+	var out []Profile
+	err := tx.tx.Bucket(bucketProfiles).ForEach(func(k, v []byte) error {
+		var p Profile
+		if err := storeDec.Unmarshal(v, &p); err != nil {
+			return fmt.Errorf("read profile %q: %w", k, err)
+		}
+		out = append(out, p)
+		return nil
+	})
+	return out, err
+}
+
+// Profile returns one catalog entry, or an error wrapping ErrNotFound.
+func (tx *Tx) Profile(a protocol.Authority, typ protocol.ProfileType, name string) (*Profile, error) {
+	var p Profile
+	if err := tx.get(bucketProfiles, profileKey(a, typ, name), &p); err != nil {
+		return nil, fmt.Errorf("%s profile %s %q: %w", a, typ, name, err)
+	}
+	return &p, nil
+}
+
+// PutProfile stores a catalog entry.
+func (tx *Tx) PutProfile(p *Profile) error {
+	return tx.put(bucketProfiles, profileKey(p.Authority, p.Type, p.Name), p)
+}
+
+// DeleteProfile removes a catalog entry.
+func (tx *Tx) DeleteProfile(a protocol.Authority, typ protocol.ProfileType, name string) error {
+	return tx.tx.Bucket(bucketProfiles).Delete(profileKey(a, typ, name))
+}
+
+func commandPrefix(device string) []byte { return append([]byte(device), 0) }
+
+// Commands returns the commands of a device in id order.
+func (tx *Tx) Commands(device string) ([]*Command, error) {
+	var out []*Command
+	c := tx.tx.Bucket(bucketCommands).Cursor()
+	prefix := commandPrefix(device)
+	for k, v := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, v = c.Next() {
+		var cmd Command
+		if err := storeDec.Unmarshal(v, &cmd); err != nil {
+			return nil, fmt.Errorf("read command %q: %w", k, err)
+		}
+		out = append(out, &cmd)
+	}
+	return out, nil
+}
+
+// Command returns one command of a device, or an error wrapping
+// ErrNotFound.
+func (tx *Tx) Command(device, id string) (*Command, error) {
+	var c Command
+	if err := tx.get(bucketCommands, append(commandPrefix(device), id...), &c); err != nil {
+		return nil, fmt.Errorf("command %s of device %s: %w", id, device, err)
+	}
+	return &c, nil
+}
+
+// PutCommand stores a command.
+func (tx *Tx) PutCommand(c *Command) error {
+	return tx.put(bucketCommands, append(commandPrefix(c.Device), c.ID...), c)
+}
+
+func pushKey(at time.Time, device string) []byte {
+	k := binary.BigEndian.AppendUint64(make([]byte, 0, 8+len(device)), uint64(at.UnixNano()))
+	return append(k, device...)
+}
+
+// queuePush records that device d is owed a push at d.Push.NextAt. The
+// queue is ordered by time, so due pushes are found without reading every
+// device.
+func (tx *Tx) queuePush(d *Device) error {
+	return tx.tx.Bucket(bucketPushes).Put(pushKey(d.Push.NextAt, d.ID), nil)
+}
+
+// unqueuePush removes the queued push of d, if any.
+func (tx *Tx) unqueuePush(d *Device) error {
+	if !d.Push.Pending {
+		return nil
+	}
+	return tx.tx.Bucket(bucketPushes).Delete(pushKey(d.Push.NextAt, d.ID))
+}
+
+// duePushes returns the ids of up to max devices whose push is due at now.
+func (tx *Tx) duePushes(now time.Time, max int) []string {
+	var ids []string
+	c := tx.tx.Bucket(bucketPushes).Cursor()
+	limit := uint64(now.UnixNano())
+	for k, _ := c.First(); k != nil && len(ids) < max; k, _ = c.Next() {
+		if len(k) < 8 || binary.BigEndian.Uint64(k) > limit {
+			break
+		}
+		ids = append(ids, string(k[8:]))
+	}
+	return ids
+}
+
+// queuedPushes returns how many pushes are queued, due or not.
+func (tx *Tx) queuedPushes() int { return tx.tx.Bucket(bucketPushes).Stats().KeyN }
