@@ -11,8 +11,9 @@ import (
 // any other version (see the versioning policy in the specification).
 const Version = 1
 
-// Limits on decoded input. Decode enforces them before and during decoding,
-// so a hostile payload costs at most MaxPayload bytes of parsing.
+// Limits on decoded input. Decode enforces them while it decodes, before
+// it allocates for what the input claims, so the largest hostile payload
+// costs a few times MaxPayload in memory (TestDecodeMemoryBounded).
 const (
 	MaxPayload       = 64 << 10 // bytes in one MQTT payload
 	MaxNesting       = 8        // levels of nested arrays and maps
@@ -21,6 +22,7 @@ const (
 	MaxProfiles      = 256      // profiles in a check-in or response
 	MaxCommands      = 64       // commands in one response
 	MaxSettings      = 64       // settings in one profile
+	MaxSettingsTotal = 1024     // settings in all profiles of one message
 	MaxFailures      = 32       // compliance failures in one report
 	MaxCSR           = 4 << 10  // bytes of a certificate signing request
 	MaxCertificate   = 8 << 10  // bytes of a DER certificate
@@ -108,6 +110,31 @@ func (k Kind) Topic() TopicKind {
 	return 0
 }
 
+// nilBody reports whether b is a nil pointer of one of the body types.
+func nilBody(b Body) bool {
+	switch b := b.(type) {
+	case *EnrollRequest:
+		return b == nil
+	case *EnrollResponse:
+		return b == nil
+	case *CheckIn:
+		return b == nil
+	case *CheckInResponse:
+		return b == nil
+	case *Push:
+		return b == nil
+	case *Command:
+		return b == nil
+	case *CommandResult:
+		return b == nil
+	case *ComplianceReport:
+		return b == nil
+	case *Unenroll:
+		return b == nil
+	}
+	return false
+}
+
 func newBody(k Kind) Body {
 	switch k {
 	case KindEnrollRequest:
@@ -158,14 +185,18 @@ func (id MessageID) String() string { return hex.EncodeToString(id[:]) }
 // MarshalText implements encoding.TextMarshaler (hex) for JSON and logs.
 func (id MessageID) MarshalText() ([]byte, error) { return []byte(id.String()), nil }
 
-// UnmarshalCBOR accepts exactly a 16-byte byte string. The default
-// decoding of a Go array would silently truncate or pad other lengths.
+// UnmarshalCBOR decodes a byte string of exactly 16 bytes, in any valid
+// encoding of its length; null and undefined leave the id zero ("absent").
+// The default decoding of a Go array would silently truncate or pad other
+// lengths. The codec's fast path uses the same rule; this method serves the
+// reflection codec the tests compare it with.
 func (id *MessageID) UnmarshalCBOR(data []byte) error {
-	if len(data) != 1+len(id) || data[0] != 0x40|byte(len(id)) {
-		return errors.New("message id must be a 16-byte byte string")
+	r := reader{b: data}
+	err := r.messageID("message id", id)
+	if err == nil && r.off != len(data) {
+		err = errors.New("message id: trailing data")
 	}
-	copy(id[:], data[1:])
-	return nil
+	return err
 }
 
 // Envelope is one message on the wire: the header every message has and
@@ -267,7 +298,7 @@ func (e *Envelope) validate(decoded bool) error {
 }
 
 func (e *Envelope) validateHeader() error {
-	if e.Body == nil {
+	if e.Body == nil || nilBody(e.Body) {
 		return fmt.Errorf("%w: body missing", ErrInvalid)
 	}
 	v := validator{}

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/hex"
 	"errors"
+	"fmt"
 	"runtime"
 	"strings"
 	"testing"
@@ -300,6 +301,32 @@ func TestDecodeMemoryBounded(t *testing.T) {
 	perRun := (after.TotalAlloc - before.TotalAlloc) / runs
 	if limit := uint64(4 * MaxPayload); perRun > limit {
 		t.Errorf("Decode of %d hostile bytes allocated %d bytes per run; want at most %d", len(data), perRun, limit)
+	}
+
+	// A valid response with as many settings as allowed.
+	env := golden()["checkin_response"]
+	m := *env.Body.(*CheckInResponse)
+	m.Profiles = nil
+	for i := range 16 {
+		p := DesiredProfile{Type: ProfileWiFi, Name: fmt.Sprintf("p%d", i)}
+		for j := range 64 {
+			p.Settings = append(p.Settings, Setting{Key: fmt.Sprintf("k%02d", j), Value: "v"})
+		}
+		m.Profiles = append(m.Profiles, p)
+	}
+	env.Body = &m
+	big := mustEncode(t, env)
+	runtime.GC()
+	runtime.ReadMemStats(&before)
+	for range runs {
+		if _, err := Decode(big); err != nil {
+			t.Fatal(err)
+		}
+	}
+	runtime.ReadMemStats(&after)
+	perRun = (after.TotalAlloc - before.TotalAlloc) / runs
+	if limit := uint64(4 * MaxPayload); perRun > limit {
+		t.Errorf("Decode of a %d-byte response with 1024 settings allocated %d bytes per run; want at most %d", len(big), perRun, limit)
 	}
 }
 

@@ -10,8 +10,10 @@
 // unknown kinds, and validates every field, while ignoring fields it does
 // not know so that newer senders can add them.
 //
-// The package imports only the standard library and the CBOR library; the
-// agent, the service and the simulator all build on it. README.md beside
+// The package imports only the standard library; its tests use the CBOR
+// library's reflection codec as the reference that the package's own codec
+// must match byte for byte (see wire.go). The agent, the service and the
+// simulator all build on it. README.md beside
 // this file is the complete specification, written so that a device can be
 // implemented in another language from it alone.
 package protocol

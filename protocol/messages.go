@@ -232,18 +232,19 @@ func (s Settings) Get(key string) (string, bool) {
 }
 
 // MarshalCBOR encodes the settings as a CBOR map with the keys in core
-// deterministic order. The codec's fast path writes the same bytes.
+// deterministic order, as the codec's fast path does; it serves the CBOR
+// library's reflection codec, which the tests compare the fast path with.
 func (s Settings) MarshalCBOR() ([]byte, error) {
 	var w writer
 	w.settings(s)
 	return w.b, nil
 }
 
-// UnmarshalCBOR decodes a CBOR map from text to text; a duplicate key is an
-// error.
+// UnmarshalCBOR decodes a CBOR map from text to text, as the fast path
+// does; a duplicate key is an error.
 func (s *Settings) UnmarshalCBOR(data []byte) error {
 	r := reader{b: data}
-	v, err := r.settings()
+	v, err := r.appendSettings(nil)
 	*s = v
 	return err
 }
@@ -302,12 +303,15 @@ func (m *CheckInResponse) validate(v *validator) {
 	v.time("changed_at", m.ChangedAt, false)
 	v.time("retain_until", m.RetainUntil, false)
 	v.count("profiles", len(m.Profiles), MaxProfiles)
+	settings := 0
 	for i := range m.Profiles {
 		p := &m.Profiles[i]
 		v.enum("profiles[].type", p.Type.Valid())
 		v.text("profiles[].name", p.Name, 1, MaxNameLen)
 		v.settings(p.Settings)
+		settings += len(p.Settings)
 	}
+	v.count("profiles[].settings in all", settings, MaxSettingsTotal)
 	v.unique("profiles", len(m.Profiles), func(i int) profileKey {
 		return profileKey{typ: m.Profiles[i].Type, name: m.Profiles[i].Name}
 	})

@@ -100,8 +100,8 @@ func referenceDecode(data []byte) (Envelope, error) {
 	if body == nil {
 		return Envelope{}, ErrKind
 	}
-	if w.Body == nil {
-		return Envelope{}, ErrInvalid
+	if len(w.Body) == 0 || w.Body[0] == 0xf6 || w.Body[0] == 0xf7 {
+		return Envelope{}, ErrInvalid // absent, null or undefined: no body
 	}
 	if err := decMode.Unmarshal(w.Body, body); err != nil {
 		return Envelope{}, fmt.Errorf("%w: %v", ErrMalformed, err)

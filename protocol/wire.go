@@ -18,7 +18,7 @@ import (
 // another third of the decoder's time. The decoder enforces the limits of
 // the reference decoding mode itself, in one pass: no tags, no indefinite
 // lengths, no unknown simple values, bounded depth and counts, checked
-// before anything is allocated.
+// before anything is allocated for them.
 
 const (
 	majorUint   byte = 0 << 5
@@ -473,18 +473,19 @@ func (r *reader) messageID(field string, id *MessageID) error {
 	if r.null() {
 		return nil
 	}
-	start := r.off
-	if _, err := r.raw(field, majorBytes); err != nil {
+	b, err := r.raw(field, majorBytes)
+	if err != nil {
 		return err
 	}
-	if err := id.UnmarshalCBOR(r.b[start:r.off]); err != nil {
-		return fmt.Errorf("%s: %w", field, err)
+	if len(b) != len(id) {
+		return fmt.Errorf("%s: must be 16 bytes, not %d", field, len(b))
 	}
+	copy(id[:], b)
 	return nil
 }
 
 // array reads an array head and enters it; the caller calls r.depth--
-// after the elements. null gives an empty array and enters nothing.
+// after the elements. Callers handle null before calling it.
 func (r *reader) array(field string) (int, error) {
 	major, n, err := r.head()
 	if err != nil {
@@ -496,9 +497,12 @@ func (r *reader) array(field string) (int, error) {
 	return int(n), r.open(major, n)
 }
 
-// skip steps over one item of an unknown field, checking it as strictly
-// as a known one: no tags, no indefinite lengths, no simple values but
-// false, true, null and undefined, and the limits on depth and counts.
+// skip steps over the value of an unknown field. It enforces what the
+// reference decoding mode enforces on such values: well-formedness, no
+// tags, no indefinite lengths, no simple values but false, true, null and
+// undefined, no NaN or infinity, and the limits on depth and counts. Like
+// the reference, it does not look inside text or map keys of values it
+// ignores.
 func (r *reader) skip() error {
 	start := r.off
 	major, n, err := r.head()
@@ -527,8 +531,13 @@ func (r *reader) skip() error {
 	case majorTag:
 		return errors.New("CBOR tags are not allowed")
 	case majorSimple:
-		if ai := r.b[start] & 0x1f; ai < 20 || ai == 24 {
+		switch ai := r.b[start] & 0x1f; {
+		case ai < 20 || ai == 24:
 			return errors.New("CBOR simple values other than false, true, null and undefined are not allowed")
+		case ai == 25 && n&0x7c00 == 0x7c00,
+			ai == 26 && n&0x7f800000 == 0x7f800000,
+			ai == 27 && n&0x7ff0000000000000 == 0x7ff0000000000000:
+			return errors.New("NaN and infinite floating-point values are not allowed")
 		}
 	}
 	return nil
@@ -672,6 +681,9 @@ func (r *reader) envelope(in *envelopeIn) error {
 		case 4:
 			in.env.Sent, err = r.time("sent")
 		case 5:
+			if r.null() {
+				return nil // an absent body: refused below
+			}
 			in.bodyStart = r.off
 			if in.body = newBody(in.kind); in.body != nil && in.version == Version {
 				// The usual order: kind and version came first, so the
@@ -945,14 +957,6 @@ func (r *reader) desiredProfiles() ([]DesiredProfile, error) {
 	return ps, nil
 }
 
-func (r *reader) settings() (Settings, error) {
-	s, err := r.appendSettings(nil)
-	if err != nil {
-		return nil, err
-	}
-	return s, nil
-}
-
 // appendSettings decodes a settings map and appends it to s. A null map
 // leaves s as it is; a map, even empty, makes s non-nil.
 func (r *reader) appendSettings(s Settings) (Settings, error) {
@@ -968,6 +972,9 @@ func (r *reader) appendSettings(s Settings) (Settings, error) {
 	}
 	if err := r.open(major, n); err != nil {
 		return s, err
+	}
+	if uint64(len(s))+n > MaxSettingsTotal {
+		return s, fmt.Errorf("settings: more than %d in one message", MaxSettingsTotal)
 	}
 	if s == nil {
 		s = make(Settings, 0, max(n, 16))
