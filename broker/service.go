@@ -62,8 +62,9 @@ type Service struct {
 	store *Store
 	ca    *CA
 
-	mu     sync.RWMutex
-	tenant *Tenant // cached: read on every check-in, written by admin operations
+	mu       sync.RWMutex
+	tenant   *Tenant   // cached: read on every check-in, written by admin operations
+	profiles []Profile // cached catalogs; nil when not loaded since the last change
 }
 
 // NewService returns a service on store, issuing certificates with ca.
@@ -127,6 +128,7 @@ func (s *Service) updateTenant(fn func(tx *Tx, t *Tenant) error) error {
 		return err
 	}
 	s.tenant = t
+	s.profiles = nil // catalog changes happen only in here
 	return nil
 }
 
@@ -482,14 +484,33 @@ func (s *Service) renew(id string, csr []byte, resp *protocol.CheckInResponse, n
 	return nil
 }
 
+// catalog returns both authorities' catalogs, from memory after the first
+// read: every check-in needs them and they change only on admin requests.
 func (s *Service) catalog() ([]Profile, error) {
-	var ps []Profile
+	s.mu.RLock()
+	ps := s.profiles
+	s.mu.RUnlock()
+	if ps != nil {
+		return ps, nil
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.profiles != nil {
+		return s.profiles, nil
+	}
 	err := s.store.View(func(tx *Tx) error {
 		var err error
 		ps, err = tx.Profiles()
 		return err
 	})
-	return ps, err
+	if err != nil {
+		return nil, err
+	}
+	if ps == nil {
+		ps = []Profile{}
+	}
+	s.profiles = ps
+	return ps, nil
 }
 
 // commandResult applies a device's command result once.

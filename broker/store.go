@@ -80,6 +80,9 @@ func OpenStore(path string) (*Store, error) {
 		db.Close()
 		return nil, fmt.Errorf("open store %s: %w", path, err)
 	}
+	// Check-ins arrive from many devices at once: let a batch gather up to
+	// this many of them behind one commit (two fsyncs).
+	db.MaxBatchSize = 4096
 	return &Store{db: db}, nil
 }
 
