@@ -38,7 +38,8 @@ type Options struct {
 	Clock Clock
 	// Logger receives the service's log; default discards it.
 	Logger *slog.Logger
-	// Rand is the source of ids; default crypto/rand.
+	// Rand is the source of ids and tokens, safe for concurrent use;
+	// default crypto/rand.
 	Rand io.Reader
 	// CertValidity is the lifetime of device certificates; default 1 year.
 	CertValidity time.Duration

@@ -42,14 +42,27 @@ type harness struct {
 	store *Store
 	clock *fakeClock
 	token string
-	rng   *rand.ChaCha8
+	rng   *lockedRand
 	dir   string
+}
+
+// lockedRand is a seeded source of random bytes that is safe for
+// concurrent use, as Options.Rand must be.
+type lockedRand struct {
+	mu sync.Mutex
+	r  *rand.ChaCha8
+}
+
+func (l *lockedRand) Read(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.r.Read(p)
 }
 
 func newHarness(t testing.TB) *harness {
 	t.Helper()
 	dir := t.TempDir()
-	h := &harness{t: t, clock: &fakeClock{now: testStart}, rng: rand.NewChaCha8([32]byte{7}), dir: dir}
+	h := &harness{t: t, clock: &fakeClock{now: testStart}, rng: &lockedRand{r: rand.NewChaCha8([32]byte{7})}, dir: dir}
 	h.open()
 	tok, err := h.svc.RotateEnrollmentToken()
 	if err != nil {
