@@ -1,0 +1,166 @@
+package broker
+
+import (
+	"net"
+	"net/url"
+	"testing"
+	"time"
+
+	paho "github.com/eclipse/paho.mqtt.golang"
+
+	"github.com/mdm-authority/mdm/protocol"
+)
+
+// pahoClient connects a real MQTT client to the embedded broker over
+// net.Pipe, the in-memory transport, and returns it with the channel of
+// the messages it receives.
+func pahoClient(t *testing.T, b *Broker, clientID string) (paho.Client, chan paho.Message) {
+	t.Helper()
+	msgs := make(chan paho.Message, 16)
+	opts := paho.NewClientOptions().
+		AddBroker("tcp://memory:1883").
+		SetClientID(clientID).
+		SetCleanSession(true).
+		SetAutoReconnect(false).
+		SetConnectTimeout(5 * time.Second).
+		SetDefaultPublishHandler(func(_ paho.Client, m paho.Message) { msgs <- m }).
+		SetCustomOpenConnectionFn(func(*url.URL, paho.ClientOptions) (net.Conn, error) {
+			client, server := net.Pipe()
+			go b.Connect(server)
+			return client, nil
+		})
+	c := paho.NewClient(opts)
+	if tok := c.Connect(); !tok.WaitTimeout(5*time.Second) || tok.Error() != nil {
+		t.Fatalf("connect %s: %v", clientID, tok.Error())
+	}
+	t.Cleanup(func() { c.Disconnect(100) })
+	return c, msgs
+}
+
+func subscribe(t *testing.T, c paho.Client, topic string) byte {
+	t.Helper()
+	tok := c.Subscribe(topic, 1, nil)
+	if !tok.WaitTimeout(5*time.Second) || tok.Error() != nil {
+		t.Fatalf("subscribe %s: %v", topic, tok.Error())
+	}
+	return tok.(*paho.SubscribeToken).Result()[topic]
+}
+
+func publish(t *testing.T, h *harness, c paho.Client, topic, device string, body protocol.Body) protocol.MessageID {
+	t.Helper()
+	id, _ := protocol.NewMessageID(h.rng)
+	b, err := protocol.Encode(protocol.Envelope{ID: id, Sent: protocol.At(h.clock.Now()), Device: device, Body: body})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if tok := c.Publish(topic, 1, false, b); !tok.WaitTimeout(5*time.Second) || tok.Error() != nil {
+		t.Fatalf("publish %s: %v", topic, tok.Error())
+	}
+	return id
+}
+
+func receive[T protocol.Body](t *testing.T, msgs chan paho.Message, topic string) (T, protocol.Envelope) {
+	t.Helper()
+	var zero T
+	select {
+	case m := <-msgs:
+		if m.Topic() != topic {
+			t.Fatalf("received on %s; want %s", m.Topic(), topic)
+		}
+		env, err := protocol.Decode(m.Payload())
+		if err != nil {
+			t.Fatalf("decode: %v", err)
+		}
+		b, ok := env.Body.(T)
+		if !ok {
+			t.Fatalf("received %s; want %T", env.Kind(), zero)
+		}
+		return b, env
+	case <-time.After(5 * time.Second):
+		t.Fatalf("nothing received on %s", topic)
+	}
+	return zero, protocol.Envelope{}
+}
+
+// TestOverMQTT runs a device written from the specification through the
+// embedded broker: enrollment, check-in, the push of an authority change,
+// and the access rules that keep it to its own topics.
+func TestOverMQTT(t *testing.T) {
+	h := newHarness(t)
+	b, err := NewBroker(h.svc, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Serve(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { b.Close() })
+	if _, _, err := h.svc.SetAuthority(ModeOffice365); err != nil {
+		t.Fatal(err)
+	}
+
+	// Enrollment, as client enroll-<request>.
+	enroller, msgs := pahoClient(t, b, EnrollClientPrefix+"r-42")
+	if qos := subscribe(t, enroller, protocol.EnrollResponseTopic("contoso", "r-42")); qos != 1 {
+		t.Fatalf("subscribe to its own enrollment response: granted %d", qos)
+	}
+	if qos := subscribe(t, enroller, protocol.EnrollResponseTopic("contoso", "r-43")); qos != 0x80 {
+		t.Errorf("subscribe to another request's response: granted %d; want refused (128)", qos)
+	}
+	_, csr, _ := NewDeviceKeyAndCSR()
+	reqID := publish(t, h, enroller, protocol.EnrollRequestTopic("contoso", "r-42"), "",
+		&protocol.EnrollRequest{CSR: csr, Token: h.token, Platform: protocol.PlatformAndroid, User: "ada@contoso.example", Type: protocol.EnrollUser})
+	enrolled, env := receive[*protocol.EnrollResponse](t, msgs, protocol.EnrollResponseTopic("contoso", "r-42"))
+	if enrolled.Error != protocol.CodeNone || env.ReplyTo != reqID {
+		t.Fatalf("enroll response = %+v (reply to %v); want success replying to %v", enrolled, env.ReplyTo, reqID)
+	}
+	enroller.Disconnect(100)
+
+	// The device, as client <device id>.
+	dev := enrolled.Device
+	c, msgs := pahoClient(t, b, dev)
+	if qos := subscribe(t, c, protocol.DownlinkTopic("contoso", dev)); qos != 1 {
+		t.Fatalf("subscribe to its own downlink: granted %d", qos)
+	}
+	for _, f := range []string{"mdm/v1/contoso/dev/+/down", "#", protocol.DownlinkTopic("contoso", "d-other")} {
+		if qos := subscribe(t, c, f); qos != 0x80 {
+			t.Errorf("subscribe to %s: granted %d; want refused (128)", f, qos)
+		}
+	}
+	checkin := &protocol.CheckIn{Reason: protocol.CheckInEnrollment, CertificateExpiry: protocol.At(testStart.AddDate(1, 0, 0))}
+	publish(t, h, c, protocol.UplinkTopic("contoso", dev), dev, checkin)
+	resp, _ := receive[*protocol.CheckInResponse](t, msgs, protocol.DownlinkTopic("contoso", dev))
+	if resp.Error != protocol.CodeNone || resp.Authority != protocol.AuthorityOffice365 {
+		t.Fatalf("check-in response = %+v", resp)
+	}
+
+	// The authority change reaches the device as a push.
+	if _, _, err := h.svc.SetAuthority(ModeIntune); err != nil {
+		t.Fatal(err)
+	}
+	if n, err := b.PublishDuePushes(100); err != nil || n != 1 {
+		t.Fatalf("PublishDuePushes = %d, %v; want 1", n, err)
+	}
+	push, _ := receive[*protocol.Push](t, msgs, protocol.DownlinkTopic("contoso", dev))
+	if push.Epoch != 2 {
+		t.Errorf("push epoch = %d; want 2", push.Epoch)
+	}
+	checkin.Reason = protocol.CheckInPushed
+	publish(t, h, c, protocol.UplinkTopic("contoso", dev), dev, checkin)
+	resp, _ = receive[*protocol.CheckInResponse](t, msgs, protocol.DownlinkTopic("contoso", dev))
+	if resp.Authority != protocol.AuthorityIntune {
+		t.Errorf("authority after the pushed check-in = %s; want intune", resp.Authority)
+	}
+
+	// Publishing as another device: the broker refuses it and closes the
+	// connection, as MQTT 3.1.1 lets it.
+	id, _ := protocol.NewMessageID(h.rng)
+	rogue, _ := protocol.Encode(protocol.Envelope{ID: id, Sent: 1, Device: "d-other", Body: checkin})
+	tok := c.Publish(protocol.UplinkTopic("contoso", "d-other"), 1, false, rogue)
+	if tok.WaitTimeout(5*time.Second) && tok.Error() == nil {
+		t.Error("publishing to another device's uplink was acknowledged")
+	}
+	if _, _, err := h.svc.Device("d-other"); err == nil {
+		t.Error("a check-in published as another device reached the service")
+	}
+}
