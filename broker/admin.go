@@ -124,11 +124,11 @@ func (s *Service) MigrateDevice(id string) (Device, error) {
 			return err
 		}
 		if !d.Managed() {
-			return fmt.Errorf("device %s is %s", id, d.State)
+			return fmt.Errorf("device %s is %s: %w", id, d.State, ErrConflict)
 		}
 		want := t.AuthorityFor(d.User)
 		if d.Authority == want {
-			return fmt.Errorf("device %s is already on %s", id, want)
+			return fmt.Errorf("device %s is already on %s: %w", id, want, ErrConflict)
 		}
 		d.moveTo(want, now, now)
 		d.NeedsSupport = false
@@ -160,7 +160,7 @@ func (s *Service) IssueCommand(device string, action protocol.CommandKind, messa
 			return err
 		}
 		if !d.Managed() {
-			return fmt.Errorf("device %s is %s and no longer managed", device, d.State)
+			return fmt.Errorf("device %s is %s and no longer managed: %w", device, d.State, ErrConflict)
 		}
 		if !SupportsCommand(d.Authority, action) {
 			return fmt.Errorf("%s on a device managed by %s: %w", action, d.Authority, ErrUnsupported)

@@ -34,6 +34,17 @@ func (s CommandState) String() string {
 // MarshalText implements encoding.TextMarshaler for JSON.
 func (s CommandState) MarshalText() ([]byte, error) { return []byte(s.String()), nil }
 
+// UnmarshalText implements encoding.TextUnmarshaler for JSON.
+func (s *CommandState) UnmarshalText(b []byte) error {
+	for i, name := range commandStateNames {
+		if i > 0 && name == string(b) {
+			*s = CommandState(i)
+			return nil
+		}
+	}
+	return fmt.Errorf("unknown command state %q", b)
+}
+
 // Open reports whether the command still waits for the device.
 func (s CommandState) Open() bool { return s == CommandPending || s == CommandDelivered }
 
@@ -42,15 +53,15 @@ const CommandTTL = 30 * 24 * time.Hour
 
 // Command is one remote action queued for a device.
 type Command struct {
-	ID          string
-	Device      string
-	Action      protocol.CommandKind
-	Message     string
-	Issued      time.Time
-	State       CommandState
-	DeliveredAt time.Time
-	CompletedAt time.Time
-	Error       string
+	ID          string               `json:"id"`
+	Device      string               `json:"device"`
+	Action      protocol.CommandKind `json:"action"`
+	Message     string               `json:"message"`
+	Issued      time.Time            `json:"issued,omitzero"`
+	State       CommandState         `json:"state"`
+	DeliveredAt time.Time            `json:"delivered_at,omitzero"`
+	CompletedAt time.Time            `json:"completed_at,omitzero"`
+	Error       string               `json:"error"`
 }
 
 // wire returns the command as the protocol carries it.

@@ -52,55 +52,55 @@ func (s *DeviceState) UnmarshalText(b []byte) error {
 // PushState tracks the check-in request the service owes a device: it is
 // sent, then retried up to MaxPushRetries times, until the device checks in.
 type PushState struct {
-	Pending  bool
-	Reason   protocol.PushReason
-	Attempts int
-	NextAt   time.Time
+	Pending  bool                `json:"pending"`
+	Reason   protocol.PushReason `json:"reason"`
+	Attempts int                 `json:"attempts"`
+	NextAt   time.Time           `json:"next_at,omitzero"`
 }
 
 // Device is the service's record of one enrolled device.
 type Device struct {
-	ID         string
-	Platform   protocol.Platform
-	OSVersion  string
-	User       string
-	Name       string
-	EnrollType protocol.EnrollmentType
-	State      DeviceState
-	EnrolledAt time.Time
+	ID         string                  `json:"id"`
+	Platform   protocol.Platform       `json:"platform"`
+	OSVersion  string                  `json:"os_version"`
+	User       string                  `json:"user"`
+	Name       string                  `json:"name"`
+	EnrollType protocol.EnrollmentType `json:"enroll_type"`
+	State      DeviceState             `json:"state"`
+	EnrolledAt time.Time               `json:"enrolled_at,omitzero"`
 
 	// Authority manages the device now; it changes when the device checks
 	// in after a change, or when an admin migrates a userless device.
-	Authority protocol.Authority
+	Authority protocol.Authority `json:"authority"`
 	// PreviousAuthority is the authority before the last move, and
 	// AuthoritySince the change that caused it: the start of the
 	// retention period of the previous authority's profiles.
-	PreviousAuthority protocol.Authority
-	AuthoritySince    time.Time
-	MigratedAt        time.Time
+	PreviousAuthority protocol.Authority `json:"previous_authority"`
+	AuthoritySince    time.Time          `json:"authority_since,omitzero"`
+	MigratedAt        time.Time          `json:"migrated_at,omitzero"`
 	// NeedsSupport marks a userless device left on the previous authority
 	// after a change: it moves only when an admin migrates it.
-	NeedsSupport bool
+	NeedsSupport bool `json:"needs_support"`
 
-	CertSerial   string
-	CertNotAfter time.Time
+	CertSerial   string    `json:"cert_serial"`
+	CertNotAfter time.Time `json:"cert_not_after,omitzero"`
 
-	LastCheckIn time.Time
+	LastCheckIn time.Time `json:"last_check_in,omitzero"`
 	// LastAttempt and LastError record the latest check-in, failed or
 	// not; LastError is CodeNone after a success.
-	LastAttempt time.Time
-	LastError   protocol.ErrorCode
-	CheckIns    uint64
+	LastAttempt time.Time          `json:"last_attempt,omitzero"`
+	LastError   protocol.ErrorCode `json:"last_error"`
+	CheckIns    uint64             `json:"check_ins"`
 
-	Installed            []protocol.InstalledProfile
-	Compliance           protocol.Compliance
-	ComplianceReportedAt time.Time
+	Installed            []protocol.InstalledProfile `json:"installed"`
+	Compliance           protocol.Compliance         `json:"compliance"`
+	ComplianceReportedAt time.Time                   `json:"compliance_reported_at,omitzero"`
 	// DesiredVersion is the desired-state version the device reported.
-	DesiredVersion uint64
+	DesiredVersion uint64 `json:"desired_version"`
 	// Epoch is the authority epoch the device reported.
-	Epoch uint64
+	Epoch uint64 `json:"epoch"`
 
-	Push PushState
+	Push PushState `json:"push"`
 }
 
 // Managed reports whether the service still manages the device.
@@ -185,12 +185,12 @@ func (d *Device) RetainUntil(now time.Time) time.Time {
 
 // Profile is one profile of an authority's catalog.
 type Profile struct {
-	Authority protocol.Authority
-	Type      protocol.ProfileType
-	Name      string
-	Version   uint64
-	Settings  protocol.Settings
-	UpdatedAt time.Time
+	Authority protocol.Authority   `json:"authority"`
+	Type      protocol.ProfileType `json:"type"`
+	Name      string               `json:"name"`
+	Version   uint64               `json:"version"`
+	Settings  protocol.Settings    `json:"settings"`
+	UpdatedAt time.Time            `json:"updated_at,omitzero"`
 }
 
 // desired returns the catalog entries a device on authority a gets.

@@ -69,44 +69,44 @@ var (
 
 // AuthorityChange is one change of the tenant's MDM authority.
 type AuthorityChange struct {
-	Epoch uint64
-	From  Mode
-	To    Mode
-	At    time.Time
+	Epoch uint64    `json:"epoch"`
+	From  Mode      `json:"from"`
+	To    Mode      `json:"to"`
+	At    time.Time `json:"at,omitzero"`
 }
 
 // Consent records an admin's consent to share data with Apple or Google.
 type Consent struct {
 	// Kind is what the consent covers, such as "apns".
-	Kind string
+	Kind string `json:"kind"`
 	// Authority is the authority the consent was given for.
-	Authority protocol.Authority
-	At        time.Time
+	Authority protocol.Authority `json:"authority"`
+	At        time.Time          `json:"at,omitzero"`
 }
 
 // License is a user's license in coexistence mode: one with Intune (or
 // EMS) is managed by Intune, any other user by Office 365 MDM.
 type License struct {
-	Intune bool
+	Intune bool `json:"intune"`
 	// ChangedAt is when the license last changed the user's authority: the
 	// start of that user's retention period.
-	ChangedAt time.Time
+	ChangedAt time.Time `json:"changed_at,omitzero"`
 }
 
 // Tenant is the tenant's authority state. Its methods enforce the rules
 // and change only the value they are called on; the service persists it.
 type Tenant struct {
-	Mode    Mode
-	Epoch   uint64
-	Changes []AuthorityChange
+	Mode    Mode              `json:"mode"`
+	Epoch   uint64            `json:"epoch"`
+	Changes []AuthorityChange `json:"changes"`
 	// APNs records, per authority, when its APNs certificate was uploaded.
-	APNs     map[protocol.Authority]time.Time
-	Consents []Consent
-	Licenses map[string]License
+	APNs     map[protocol.Authority]time.Time `json:"apns,omitzero"`
+	Consents []Consent                        `json:"consents"`
+	Licenses map[string]License               `json:"licenses"`
 	// Revision numbers the desired state: it grows with every change that
 	// can change any device's desired profiles, so a device's desired
 	// version is monotonic.
-	Revision uint64
+	Revision uint64 `json:"revision"`
 }
 
 // SetMode changes the tenant's authority setting and records the change.

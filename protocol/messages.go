@@ -1,6 +1,9 @@
 package protocol
 
 import (
+	"encoding/json"
+	"fmt"
+	"slices"
 	"time"
 )
 
@@ -28,6 +31,29 @@ func (ts Timestamp) Time() time.Time {
 
 // IsZero reports whether the timestamp is not set.
 func (ts Timestamp) IsZero() bool { return ts == 0 }
+
+// MarshalText writes the timestamp as RFC 3339 text for JSON, "" when
+// not set. The wire encoding stays the integer.
+func (ts Timestamp) MarshalText() ([]byte, error) {
+	if ts == 0 {
+		return []byte{}, nil
+	}
+	return []byte(ts.Time().Format(time.RFC3339Nano)), nil
+}
+
+// UnmarshalText reads RFC 3339 text; "" is the zero timestamp.
+func (ts *Timestamp) UnmarshalText(b []byte) error {
+	if len(b) == 0 {
+		*ts = 0
+		return nil
+	}
+	t, err := time.Parse(time.RFC3339Nano, string(b))
+	if err != nil {
+		return fmt.Errorf("timestamp: %w", err)
+	}
+	*ts = At(t)
+	return nil
+}
 
 // Body is the payload of an envelope: one of the message types of this
 // package. The set is closed: other packages cannot add kinds.
@@ -116,26 +142,26 @@ func (m *EnrollResponse) validate(v *validator) {
 
 // InstalledProfile is a profile present on a device.
 type InstalledProfile struct {
-	Type ProfileType `cbor:"1,keyasint"`
-	Name string      `cbor:"2,keyasint"`
+	Type ProfileType `cbor:"1,keyasint" json:"type"`
+	Name string      `cbor:"2,keyasint" json:"name"`
 	// Authority is the authority that installed the profile; after a change
 	// it tells old-authority profiles from new ones.
-	Authority Authority `cbor:"3,keyasint"`
-	Version   uint64    `cbor:"4,keyasint"`
+	Authority Authority `cbor:"3,keyasint" json:"authority"`
+	Version   uint64    `cbor:"4,keyasint" json:"version"`
 	// RetainUntil is set on an old-authority profile kept through a change:
 	// the device removes it at that time.
-	RetainUntil Timestamp `cbor:"5,keyasint,omitempty"`
+	RetainUntil Timestamp `cbor:"5,keyasint,omitempty" json:"retain_until,omitempty"`
 }
 
 // Compliance is a device's own evaluation of its compliance and
 // configuration profiles.
 type Compliance struct {
-	State ComplianceState `cbor:"1,keyasint"`
+	State ComplianceState `cbor:"1,keyasint" json:"state"`
 	// EvaluatedAt is when the device evaluated; zero if it never did.
-	EvaluatedAt Timestamp `cbor:"2,keyasint,omitempty"`
+	EvaluatedAt Timestamp `cbor:"2,keyasint,omitempty" json:"evaluated_at,omitempty"`
 	// Failures lists the settings that failed, one line each, such as
 	// "min_os_version: 17.0 required, device has 16.7".
-	Failures []string `cbor:"3,keyasint,omitempty"`
+	Failures []string `cbor:"3,keyasint,omitempty" json:"failures,omitempty"`
 }
 
 func (c *Compliance) validate(v *validator) {
@@ -197,18 +223,18 @@ func (m *CheckIn) validate(v *validator) {
 
 // DesiredProfile is a profile the service wants on a device.
 type DesiredProfile struct {
-	Type    ProfileType `cbor:"1,keyasint"`
-	Name    string      `cbor:"2,keyasint"`
-	Version uint64      `cbor:"3,keyasint"`
+	Type    ProfileType `cbor:"1,keyasint" json:"type"`
+	Name    string      `cbor:"2,keyasint" json:"name"`
+	Version uint64      `cbor:"3,keyasint" json:"version"`
 	// Settings are the profile's settings. Compliance and configuration
 	// profiles use the keys listed in the specification.
-	Settings Settings `cbor:"4,keyasint,omitzero"`
+	Settings Settings `cbor:"4,keyasint,omitzero" json:"settings,omitempty"`
 }
 
 // Setting is one setting of a profile.
 type Setting struct {
-	Key   string
-	Value string
+	Key   string `json:"key"`
+	Value string `json:"value"`
 }
 
 // Settings are a profile's settings, on the wire a CBOR map from text to
@@ -216,6 +242,45 @@ type Setting struct {
 // (sorted, from a deterministic sender) and costs no hashing on the hot
 // path. Keys are unique.
 type Settings []Setting
+
+// MarshalJSON writes the settings as a JSON object, in their order.
+func (s Settings) MarshalJSON() ([]byte, error) {
+	var b []byte
+	b = append(b, '{')
+	for i, kv := range s {
+		if i > 0 {
+			b = append(b, ',')
+		}
+		k, _ := json.Marshal(kv.Key)
+		v, _ := json.Marshal(kv.Value)
+		b = append(append(append(b, k...), ':'), v...)
+	}
+	return append(b, '}'), nil
+}
+
+// UnmarshalJSON reads a JSON object of text values, in core deterministic
+// key order (shorter keys first, then bytewise), as the encoding sends them.
+func (s *Settings) UnmarshalJSON(b []byte) error {
+	var m map[string]string
+	if err := json.Unmarshal(b, &m); err != nil {
+		return fmt.Errorf("settings: want an object of text values: %w", err)
+	}
+	out := make(Settings, 0, len(m))
+	for k, v := range m {
+		out = append(out, Setting{Key: k, Value: v})
+	}
+	slices.SortFunc(out, func(a, b Setting) int {
+		if keyLess(a.Key, b.Key) {
+			return -1
+		}
+		if keyLess(b.Key, a.Key) {
+			return 1
+		}
+		return 0
+	})
+	*s = out
+	return nil
+}
 
 // IsZero reports whether there are no settings; the encoding then leaves
 // the field out.
@@ -343,12 +408,12 @@ func (m *Push) validate(v *validator) { v.enum("reason", m.Reason.Valid()) }
 // on the downlink topic or inside a CheckInResponse; a device carries out
 // each id once.
 type Command struct {
-	ID     string      `cbor:"1,keyasint"`
-	Action CommandKind `cbor:"2,keyasint"`
+	ID     string      `cbor:"1,keyasint" json:"id"`
+	Action CommandKind `cbor:"2,keyasint" json:"action"`
 	// Issued is when the admin sent the command.
-	Issued Timestamp `cbor:"3,keyasint,omitempty"`
+	Issued Timestamp `cbor:"3,keyasint,omitempty" json:"issued,omitempty"`
 	// Message is shown on the lock screen for a remote lock.
-	Message string `cbor:"4,keyasint,omitempty"`
+	Message string `cbor:"4,keyasint,omitempty" json:"message,omitempty"`
 }
 
 // Kind implements Body.
