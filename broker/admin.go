@@ -1,6 +1,7 @@
 package broker
 
 import (
+	"errors"
 	"fmt"
 	"time"
 
@@ -36,6 +37,23 @@ func (s *Service) PutProfile(a protocol.Authority, typ protocol.ProfileType, nam
 			p.Version = old.Version + 1
 		} else {
 			p.Version = 1
+		}
+		// The whole catalog goes in one check-in response: keep it within
+		// what a device accepts.
+		all, err := tx.Profiles()
+		if err != nil {
+			return err
+		}
+		count, settings := 1, len(p.Settings)
+		for _, q := range all {
+			if q.Authority == a && (q.Type != typ || q.Name != name) {
+				count++
+				settings += len(q.Settings)
+			}
+		}
+		if count > protocol.MaxProfiles || settings > protocol.MaxSettingsTotal {
+			return fmt.Errorf("put %s profile %q: the %s catalog would have %d profiles and %d settings; a device accepts at most %d and %d: %w",
+				a, name, a, count, settings, protocol.MaxProfiles, protocol.MaxSettingsTotal, ErrConflict)
 		}
 		if err := tx.PutProfile(&p); err != nil {
 			return err
@@ -96,7 +114,8 @@ func (s *Service) SetLicense(user string, intune bool) (int, error) {
 	now := s.opts.Clock.Now()
 	pushed := 0
 	err := s.updateTenant(func(tx *Tx, t *Tenant) error {
-		if err := t.SetLicense(user, intune, now); err != nil {
+		changed, err := t.SetLicense(user, intune, now)
+		if err != nil || !changed {
 			return err
 		}
 		return tx.Devices(func(d *Device) error {
@@ -154,6 +173,11 @@ func (s *Service) IssueCommand(device string, action protocol.CommandKind, messa
 		return Command{}, err
 	}
 	c := Command{ID: id, Device: device, Action: action, Message: message, Issued: now, State: CommandPending}
+	if err := (&protocol.Envelope{ID: protocol.MessageID{1}, Sent: 1, Device: device, Body: &protocol.Command{
+		ID: id, Action: action, Message: message}}).Validate(); err != nil {
+		return Command{}, fmt.Errorf("issue %s: %w", action, err)
+	}
+	t := s.Tenant()
 	err = s.store.Update(func(tx *Tx) error {
 		d, err := tx.Device(device)
 		if err != nil {
@@ -162,8 +186,24 @@ func (s *Service) IssueCommand(device string, action protocol.CommandKind, messa
 		if !d.Managed() {
 			return fmt.Errorf("device %s is %s and no longer managed: %w", device, d.State, ErrConflict)
 		}
-		if !SupportsCommand(d.Authority, action) {
-			return fmt.Errorf("%s on a device managed by %s: %w", action, d.Authority, ErrUnsupported)
+		// The authority the device is moving to, if a change is under way:
+		// that is the one that will deliver the command.
+		target, _ := d.target(&t)
+		if !SupportsCommand(target, action) {
+			return fmt.Errorf("%s on a device managed by %s: %w", action, target, ErrUnsupported)
+		}
+		cmds, err := tx.Commands(device)
+		if err != nil {
+			return err
+		}
+		open := 0
+		for _, c := range cmds {
+			if c.State.Open() {
+				open++
+			}
+		}
+		if open >= protocol.MaxCommands {
+			return fmt.Errorf("device %s already has %d commands waiting, the most a check-in can carry: %w", device, open, ErrConflict)
 		}
 		if err := tx.PutCommand(&c); err != nil {
 			return err
@@ -247,14 +287,19 @@ func (s *Service) RepushPending() (int, error) {
 	n := 0
 	err := s.store.Update(func(tx *Tx) error {
 		n = 0
-		ids := tx.duePushes(time.Unix(0, 1<<63-1), tx.queuedPushes())
-		for _, id := range ids {
-			d, err := tx.Device(id)
-			if err != nil {
+		keys := tx.duePushes(time.Unix(0, 1<<63-1), tx.queuedPushes())
+		for _, key := range keys {
+			if err := tx.deletePushKey(key); err != nil {
 				return err
 			}
-			if err := tx.unqueuePush(d); err != nil {
+			d, err := tx.Device(pushKeyDevice(key))
+			if errors.Is(err, ErrNotFound) {
+				continue
+			} else if err != nil {
 				return err
+			}
+			if !d.Push.Pending {
+				continue
 			}
 			d.Push.NextAt = now
 			if err := tx.queuePush(d); err != nil {

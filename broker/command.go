@@ -10,9 +10,10 @@ import (
 // CommandState is where a command is between the admin and the device.
 type CommandState uint8
 
-// Command states: pending until a check-in response or a direct message
-// carries it, delivered until the device reports, then acknowledged or
-// failed; expired when the device did not report in time.
+// Command states: pending until a check-in response carries it (a push
+// asks the device to check in), delivered until the device reports, then
+// acknowledged or failed; expired when it was still open 30 days after it
+// was issued, found so at the device's next check-in.
 const (
 	CommandPending      CommandState = 1
 	CommandDelivered    CommandState = 2

@@ -63,6 +63,10 @@ type Service struct {
 	store *Store
 	ca    *CA
 
+	// testHookDecided, when set by a test, runs after a check-in has taken
+	// its snapshot and before it writes.
+	testHookDecided func()
+
 	mu       sync.RWMutex
 	tenant   *Tenant   // cached: read on every check-in, written by admin operations
 	profiles []Profile // cached catalogs; nil when not loaded since the last change
@@ -103,7 +107,8 @@ func NewService(store *Store, ca *CA, opts Options) (*Service, error) {
 	return s, nil
 }
 
-// Tenant returns a copy of the tenant's authority state.
+// Tenant returns a copy of the tenant's authority state. Its maps and
+// slices are shared with the service: read them, do not change them.
 func (s *Service) Tenant() Tenant {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
@@ -184,7 +189,15 @@ func (s *Service) SetAuthority(m Mode) (AuthorityChange, int, error) {
 			if !d.Managed() {
 				return nil
 			}
-			target, _ := d.target(t)
+			target, stranded := d.target(t)
+			if d.NeedsSupport != stranded {
+				// Listed as needing support from the change on, not from
+				// its next check-in.
+				d.NeedsSupport = stranded
+				if err := tx.PutDevice(d); err != nil {
+					return err
+				}
+			}
 			if d.Platform.NeedsAPNs() && !t.HasAPNs(target) {
 				return nil
 			}
@@ -209,10 +222,9 @@ func (s *Service) UploadAPNs(a protocol.Authority, consent bool) (int, error) {
 		if err := t.UploadAPNs(a, consent, now); err != nil {
 			return err
 		}
-		since := t.ChangedAt()
 		return tx.Devices(func(d *Device) error {
 			target, _ := d.target(t)
-			if !d.Managed() || !d.Platform.NeedsAPNs() || target != a || d.LastCheckIn.After(since) {
+			if !d.Managed() || !d.Platform.NeedsAPNs() || target != a || d.LastCheckIn.After(t.SinceFor(d.User)) {
 				return nil
 			}
 			queued++
@@ -246,15 +258,20 @@ func (s *Service) DuePushes(max int) ([]Outgoing, error) {
 	var out []Outgoing
 	err := s.store.Update(func(tx *Tx) error {
 		out = out[:0]
-		for _, id := range tx.duePushes(now, max) {
-			d, err := tx.Device(id)
-			if err != nil {
+		for _, key := range tx.duePushes(now, max) {
+			if err := tx.deletePushKey(key); err != nil {
 				return err
 			}
-			if err := tx.unqueuePush(d); err != nil {
+			d, err := tx.Device(pushKeyDevice(key))
+			if errors.Is(err, ErrNotFound) {
+				continue // a device removed since: nothing to push
+			} else if err != nil {
 				return err
 			}
-			if !d.Managed() || !d.Push.Pending {
+			target, _ := d.target(&t)
+			if !d.Managed() || !d.Push.Pending || (d.Platform.NeedsAPNs() && !t.HasAPNs(target)) {
+				// Not managed, or no push can reach it: the APNs upload
+				// pushes iOS and iPadOS devices when it can.
 				d.Push = PushState{}
 				if err := tx.PutDevice(d); err != nil {
 					return err
@@ -290,9 +307,13 @@ func (s *Service) encode(device string, replyTo protocol.MessageID, body protoco
 	if err != nil {
 		return nil, err
 	}
-	return protocol.Encode(protocol.Envelope{
-		ID: id, Sent: protocol.At(s.opts.Clock.Now()), Device: device, ReplyTo: replyTo, Body: body,
-	})
+	env := protocol.Envelope{ID: id, Sent: protocol.At(s.opts.Clock.Now()), Device: device, ReplyTo: replyTo, Body: body}
+	// Devices refuse what breaks the protocol's rules: better to fail here,
+	// loudly, than to send a device something it will drop every time.
+	if err := env.Validate(); err != nil {
+		return nil, fmt.Errorf("service message to %s breaks the protocol: %w", device, err)
+	}
+	return protocol.Encode(env)
 }
 
 // Errors of message handling, for the caller's counters and logs. The
@@ -355,7 +376,12 @@ func refuseEnroll(code protocol.ErrorCode) *protocol.EnrollResponse {
 // enroll answers an enrollment request.
 func (s *Service) enroll(m *protocol.EnrollRequest) *protocol.EnrollResponse {
 	now := s.opts.Clock.Now()
-	t := s.Tenant()
+	t, _, release, err := s.snapshot()
+	if err != nil {
+		s.opts.Logger.Error("enroll", "err", err)
+		return refuseEnroll(protocol.CodeInternal)
+	}
+	defer release()
 	if t.Mode == ModeUnknown {
 		return refuseEnroll(protocol.CodeAuthorityNotSet)
 	}
@@ -399,10 +425,13 @@ func refuseCheckIn(code protocol.ErrorCode) *protocol.CheckInResponse {
 // answer too; the error is for failures of the service itself.
 func (s *Service) checkIn(id string, m *protocol.CheckIn) (*protocol.CheckInResponse, error) {
 	now := s.opts.Clock.Now()
-	t := s.Tenant()
-	catalog, err := s.catalog()
+	t, catalog, release, err := s.snapshot()
 	if err != nil {
 		return nil, err
+	}
+	defer release()
+	if s.testHookDecided != nil {
+		s.testHookDecided()
 	}
 	var resp *protocol.CheckInResponse
 	var renewCSR []byte
@@ -464,6 +493,24 @@ func (s *Service) checkIn(id string, m *protocol.CheckIn) (*protocol.CheckInResp
 	return resp, nil
 }
 
+// snapshot returns the tenant state and the catalogs, and holds them: no
+// admin change commits until release is called. A check-in or an
+// enrollment decides on this snapshot and commits before releasing it, so
+// it never answers with an authority or profiles that a concurrent change
+// has replaced (which would also clear the push that change queued).
+func (s *Service) snapshot() (Tenant, []Profile, func(), error) {
+	for {
+		if _, err := s.catalog(); err != nil { // load outside the read lock
+			return Tenant{}, nil, nil, err
+		}
+		s.mu.RLock()
+		if s.profiles != nil {
+			return *s.tenant, s.profiles, s.mu.RUnlock, nil
+		}
+		s.mu.RUnlock() // a change came in between: load again
+	}
+}
+
 // renew issues a renewed certificate into resp and records its expiry.
 func (s *Service) renew(id string, csr []byte, resp *protocol.CheckInResponse, now time.Time) error {
 	der, cert, err := s.ca.SignDevice(csr, s.opts.Tenant, id, now, s.opts.CertValidity)
@@ -519,6 +566,11 @@ func (s *Service) commandResult(id string, r *protocol.CommandResult) error {
 	now := s.opts.Clock.Now()
 	replayed := false
 	err := s.store.Update(func(tx *Tx) error {
+		if d, err := tx.Device(id); err != nil {
+			return err
+		} else if !d.Managed() {
+			return fmt.Errorf("device is %s: %w", d.State, ErrConflict)
+		}
 		c, err := tx.Command(id, r.ID)
 		if err != nil {
 			return err
@@ -580,6 +632,9 @@ func (s *Service) unenroll(id string) error {
 		d, err := tx.Device(id)
 		if err != nil {
 			return err
+		}
+		if !d.Managed() {
+			return fmt.Errorf("unenroll of %s device %s: %w", d.State, id, ErrConflict)
 		}
 		if err := tx.unqueuePush(d); err != nil {
 			return err

@@ -105,7 +105,8 @@ func (s *Store) Update(fn func(*Tx) error) error {
 
 // Batch runs fn in a read-write transaction shared with concurrent Batch
 // calls, which makes many small durable writes cheap. fn may run more
-// than once, so it must only act on the transaction.
+// than once: it must act only on the transaction, or reset anything else
+// it sets at its start.
 func (s *Store) Batch(fn func(*Tx) error) error {
 	return s.db.Batch(func(tx *bolt.Tx) error { return fn(&Tx{tx}) })
 }
@@ -284,19 +285,25 @@ func (tx *Tx) unqueuePush(d *Device) error {
 	return tx.tx.Bucket(bucketPushes).Delete(pushKey(d.Push.NextAt, d.ID))
 }
 
-// duePushes returns the ids of up to max devices whose push is due at now.
-func (tx *Tx) duePushes(now time.Time, max int) []string {
-	var ids []string
+// duePushes returns the queue keys of up to max pushes due at now.
+func (tx *Tx) duePushes(now time.Time, max int) [][]byte {
+	var keys [][]byte
 	c := tx.tx.Bucket(bucketPushes).Cursor()
 	limit := uint64(now.UnixNano())
-	for k, _ := c.First(); k != nil && len(ids) < max; k, _ = c.Next() {
+	for k, _ := c.First(); k != nil && len(keys) < max; k, _ = c.Next() {
 		if len(k) < 8 || binary.BigEndian.Uint64(k) > limit {
 			break
 		}
-		ids = append(ids, string(k[8:]))
+		keys = append(keys, bytes.Clone(k))
 	}
-	return ids
+	return keys
 }
+
+// deletePushKey removes one queue entry by its key.
+func (tx *Tx) deletePushKey(key []byte) error { return tx.tx.Bucket(bucketPushes).Delete(key) }
+
+// pushKeyDevice returns the device id of a queue key.
+func pushKeyDevice(key []byte) string { return string(key[8:]) }
 
 // queuedPushes returns how many pushes are queued, due or not.
 func (tx *Tx) queuedPushes() int { return tx.tx.Bucket(bucketPushes).Stats().KeyN }

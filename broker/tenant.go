@@ -165,25 +165,26 @@ func (t *Tenant) SinceFor(user string) time.Time {
 	return since
 }
 
-// SetLicense records whether user has an Intune license. In coexistence it
-// moves the user's devices to the authority the license gives.
-func (t *Tenant) SetLicense(user string, intune bool, now time.Time) error {
+// SetLicense records whether user has an Intune license and reports
+// whether that changed anything. In coexistence the license moves the
+// user's devices to the authority it gives.
+func (t *Tenant) SetLicense(user string, intune bool, now time.Time) (bool, error) {
 	if t.Mode != ModeCoexistence {
-		return ErrNotCoexistence
+		return false, ErrNotCoexistence
 	}
 	if user == "" {
-		return errors.New("set license: a user is required")
+		return false, errors.New("set license: a user is required")
 	}
 	if t.Licenses == nil {
 		t.Licenses = map[string]License{}
 	}
 	old, ok := t.Licenses[user]
-	if ok && old.Intune == intune {
-		return nil
+	if ok && old.Intune == intune || !ok && !intune {
+		return false, nil // no license is an Office 365 user already
 	}
 	t.Licenses[user] = License{Intune: intune, ChangedAt: now}
 	t.Revision++
-	return nil
+	return true, nil
 }
 
 // UploadAPNs records the APNs certificate of authority a, which requires
