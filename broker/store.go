@@ -61,7 +61,13 @@ type Store struct {
 
 // OpenStore opens or creates the store file at path (mode 0600).
 func OpenStore(path string) (*Store, error) {
-	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: 2 * time.Second})
+	// The freelist is rebuilt at open instead of written at every commit,
+	// as etcd runs bbolt: commits write less, and durability is the same.
+	db, err := bolt.Open(path, 0o600, &bolt.Options{
+		Timeout:        2 * time.Second,
+		NoFreelistSync: true,
+		FreelistType:   bolt.FreelistMapType,
+	})
 	if err != nil {
 		if errors.Is(err, bolt.ErrTimeout) {
 			return nil, fmt.Errorf("open store %s: another mdm-broker is using it; stop it or use another --data directory", path)
