@@ -37,6 +37,7 @@ const ComplianceFresh = 24 * time.Hour
 //	POST   /v1/devices/{id}/migrate                 move a userless device
 //	GET    /v1/migration                            migration status
 //	POST   /v1/enrollment-token                     rotate the enrollment token
+//	GET    /metrics                                 Prometheus text format
 func NewAdminHandler(svc *Service, token string, logger *slog.Logger) http.Handler {
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
@@ -62,6 +63,12 @@ func NewAdminHandler(svc *Service, token string, logger *slog.Logger) http.Handl
 	handle("POST /v1/devices/{id}/migrate", a.migrate)
 	handle("GET /v1/migration", a.migration)
 	handle("POST /v1/enrollment-token", a.rotateToken)
+	mux.Handle("GET /metrics", requireToken(token, http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "text/plain; version=0.0.4")
+		if err := svc.WriteMetrics(w); err != nil {
+			a.log.Error("metrics", "err", err)
+		}
+	})))
 	return mux
 }
 

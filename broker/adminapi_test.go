@@ -129,3 +129,43 @@ func TestAdminAPI(t *testing.T) {
 		t.Errorf("enroll with the rotated-out token = %s; want invalid_token", code)
 	}
 }
+
+func TestMetrics(t *testing.T) {
+	h := newHarness(t)
+	srv := httptest.NewServer(NewAdminHandler(h.svc, testAdminToken, nil))
+	defer srv.Close()
+	mustDo(t, h.svc.SetAuthority, ModeIntune)
+	if _, code := h.enroll(protocol.PlatformIOS, "ada@contoso.example"); code != protocol.CodeAPNsCertificateMissing {
+		t.Fatalf("iOS enrollment without an APNs certificate = %s", code)
+	}
+	w := h.mustEnroll(protocol.PlatformWindows, "ada@contoso.example")
+	w.checkIn()
+	h.svc.HandleMessage(t.Context(), protocol.UplinkTopic("contoso", w.id), []byte("garbage"))
+	h.svc.SetAuthority(ModeOffice365)
+	h.svc.DuePushes(10)
+
+	if code := call(t, srv, "GET", "/metrics", "", "", nil); code != 401 {
+		t.Errorf("metrics without a token = %d; want 401", code)
+	}
+	req, _ := http.NewRequest("GET", srv.URL+"/metrics", nil)
+	req.Header.Set("Authorization", "Bearer "+testAdminToken)
+	resp, err := srv.Client().Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	for _, want := range []string{
+		`mdm_checkins_total{result="none"} 1`,
+		`mdm_enrollments_total{result="none"} 1`,
+		`mdm_enrollments_total{result="apns_certificate_missing"} 1`,
+		`mdm_messages_dropped_total{reason="malformed"} 1`,
+		`mdm_pushes_sent_total 1`,
+		`mdm_devices{authority="intune",state="enrolled"} 1`,
+		`mdm_push_backlog 1`, // the retry
+	} {
+		if !strings.Contains(string(body), want+"\n") {
+			t.Errorf("metrics lack %q:\n%s", want, body)
+		}
+	}
+}

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net"
 	"strings"
+	"time"
 
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/packets"
@@ -94,6 +95,28 @@ func (b *Broker) PublishDuePushes(max int) (int, error) {
 	}
 	b.publish(out)
 	return len(out), nil
+}
+
+// RunFanOut publishes the pushes that are due, at most perTick of them at
+// each tick, until ctx is done: with a tick every interval, the fan-out
+// rate is perTick/interval, which keeps an authority change over a large
+// fleet from flooding the broker. The ticks come from the caller (a
+// time.Ticker in the service, a test's channel in tests).
+func (b *Broker) RunFanOut(ctx context.Context, ticks <-chan time.Time, perTick int) error {
+	for {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-ticks:
+			n, err := b.PublishDuePushes(perTick)
+			if err != nil {
+				return fmt.Errorf("fan-out: %w", err)
+			}
+			if n > 0 {
+				b.log.Debug("pushes published", "count", n)
+			}
+		}
+	}
 }
 
 // EnrollClientPrefix starts the MQTT client id of a device that enrolls:

@@ -1,6 +1,8 @@
 package broker
 
 import (
+	"context"
+	"errors"
 	"net"
 	"net/url"
 	"testing"
@@ -163,4 +165,50 @@ func TestOverMQTT(t *testing.T) {
 	if _, _, err := h.svc.Device("d-other"); err == nil {
 		t.Error("a check-in published as another device reached the service")
 	}
+}
+
+// TestFanOutRate checks that the fan-out publishes at most its quota per
+// tick, and that pushes reach the devices.
+func TestFanOutRate(t *testing.T) {
+	h := newHarness(t)
+	b, err := NewBroker(h.svc, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b.Serve()
+	t.Cleanup(func() { b.Close() })
+	mustDo(t, h.svc.SetAuthority, ModeOffice365)
+	var devs []*testDevice
+	for range 25 {
+		devs = append(devs, h.mustEnroll(protocol.PlatformAndroid, "ada@contoso.example"))
+	}
+	c, msgs := pahoClient(t, b, devs[0].id)
+	subscribe(t, c, protocol.DownlinkTopic("contoso", devs[0].id))
+	mustDo(t, h.svc.SetAuthority, ModeIntune)
+
+	backlog := func() int {
+		n := 0
+		h.store.View(func(tx *Tx) error { n = len(tx.duePushes(h.clock.Now(), 1000)); return nil })
+		return n
+	}
+	// One tick at a time: the loop finishes a tick's work before it sees
+	// the cancellation.
+	tick := func() {
+		ticks := make(chan time.Time)
+		ctx, cancel := context.WithCancel(t.Context())
+		done := make(chan error, 1)
+		go func() { done <- b.RunFanOut(ctx, ticks, 10) }()
+		ticks <- time.Time{}
+		cancel()
+		if err := <-done; !errors.Is(err, context.Canceled) {
+			t.Fatalf("RunFanOut = %v; want context.Canceled", err)
+		}
+	}
+	for _, want := range []int{15, 5, 0} {
+		tick()
+		if got := backlog(); got != want {
+			t.Fatalf("due pushes after a tick = %d; want %d (10 per tick)", got, want)
+		}
+	}
+	receive[*protocol.Push](t, msgs, protocol.DownlinkTopic("contoso", devs[0].id))
 }

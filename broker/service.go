@@ -67,6 +67,8 @@ type Service struct {
 	// its snapshot and before it writes.
 	testHookDecided func()
 
+	metrics metrics
+
 	mu       sync.RWMutex
 	tenant   *Tenant   // cached: read on every check-in, written by admin operations
 	profiles []Profile // cached catalogs; nil when not loaded since the last change
@@ -256,8 +258,9 @@ func (s *Service) DuePushes(max int) ([]Outgoing, error) {
 	now := s.opts.Clock.Now()
 	t := s.Tenant()
 	var out []Outgoing
+	retries := 0
 	err := s.store.Update(func(tx *Tx) error {
-		out = out[:0]
+		out, retries = out[:0], 0
 		for _, key := range tx.duePushes(now, max) {
 			if err := tx.deletePushKey(key); err != nil {
 				return err
@@ -283,6 +286,9 @@ func (s *Service) DuePushes(max int) ([]Outgoing, error) {
 				return err
 			}
 			out = append(out, Outgoing{Topic: protocol.DownlinkTopic(s.opts.Tenant, d.ID), QoS: 0, Payload: msg})
+			if d.Push.Attempts > 0 {
+				retries++
+			}
 			if d.Push.Attempts < len(PushRetryDelays) {
 				d.Push.NextAt = now.Add(PushRetryDelays[d.Push.Attempts])
 				d.Push.Attempts++
@@ -298,6 +304,10 @@ func (s *Service) DuePushes(max int) ([]Outgoing, error) {
 		}
 		return nil
 	})
+	if err == nil {
+		s.metrics.pushesSent.Add(uint64(len(out)))
+		s.metrics.pushRetries.Add(uint64(retries))
+	}
 	return out, err
 }
 
@@ -327,6 +337,14 @@ var (
 // the messages to publish in answer. An error means the message was
 // dropped; it says why, for counting and logging.
 func (s *Service) HandleMessage(ctx context.Context, topic string, payload []byte) ([]Outgoing, error) {
+	out, err := s.handle(ctx, topic, payload)
+	if err != nil {
+		s.metrics.dropped[dropReason(err)].Add(1)
+	}
+	return out, err
+}
+
+func (s *Service) handle(ctx context.Context, topic string, payload []byte) ([]Outgoing, error) {
 	tp, err := protocol.ParseTopic(topic)
 	if err != nil {
 		return nil, err
@@ -344,12 +362,14 @@ func (s *Service) HandleMessage(ctx context.Context, topic string, payload []byt
 	switch m := env.Body.(type) {
 	case *protocol.EnrollRequest:
 		resp := s.enroll(m)
+		s.metrics.enrollments[resp.Error].Add(1)
 		return s.reply(protocol.EnrollResponseTopic(s.opts.Tenant, tp.ID), "", env.ID, resp)
 	case *protocol.CheckIn:
 		resp, err := s.checkIn(tp.ID, m)
 		if err != nil {
 			return nil, err
 		}
+		s.metrics.checkIns[resp.Error].Add(1)
 		return s.reply(protocol.DownlinkTopic(s.opts.Tenant, tp.ID), tp.ID, env.ID, resp)
 	case *protocol.CommandResult:
 		return nil, s.commandResult(tp.ID, m)
@@ -603,6 +623,7 @@ func (s *Service) commandResult(id string, r *protocol.CommandResult) error {
 	if replayed {
 		return fmt.Errorf("command result %s of %s: %w", r.ID, id, ErrReplayed)
 	}
+	s.metrics.results.Add(1)
 	return nil
 }
 
