@@ -3,6 +3,7 @@ package broker
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
 	"fmt"
 	"log/slog"
 	"net"
@@ -10,6 +11,7 @@ import (
 	"time"
 
 	mqtt "github.com/mochi-mqtt/server/v2"
+	"github.com/mochi-mqtt/server/v2/listeners"
 	"github.com/mochi-mqtt/server/v2/packets"
 
 	"github.com/mdm-authority/mdm/protocol"
@@ -20,10 +22,12 @@ import (
 // the goroutine of that device's connection, so each device has at most one
 // message in flight and the store batches the writes of many devices.
 //
-// Connections are attached with Connect, the in-memory transport. A network
-// listener needs the connection authentication of the security model,
-// which is not built yet: until then the broker is reachable only from the
-// process that embeds it.
+// Clients reach it in two ways. ListenTLS serves MQTT over TLS on the
+// network: a device proves its identity with its MDM certificate (mutual
+// TLS), an enrolling client with the enrollment token as its password.
+// Connect attaches an in-process connection (one end of a net.Pipe), whose
+// client id is trusted as its identity: only code inside the process can
+// make one.
 type Broker struct {
 	server *mqtt.Server
 	svc    *Service
@@ -44,7 +48,7 @@ func NewBroker(svc *Service, logger *slog.Logger) (*Broker, error) {
 	caps.MaximumPacketSize = maxPacket
 	caps.MaximumClientWritesPending = 64
 	s := mqtt.New(&mqtt.Options{InlineClient: true, Capabilities: caps, Logger: logger})
-	if err := s.AddHook(&topicACL{tenant: svc.opts.Tenant}, nil); err != nil {
+	if err := s.AddHook(&topicACL{svc: svc}, nil); err != nil {
 		return nil, fmt.Errorf("broker: %w", err)
 	}
 	b := &Broker{server: s, svc: svc, log: logger}
@@ -62,10 +66,47 @@ func (b *Broker) Serve() error { return b.server.Serve() }
 // Close disconnects every client and stops the broker.
 func (b *Broker) Close() error { return b.server.Close() }
 
-// Connect serves one client connection, such as one end of a net.Pipe,
-// until it closes. It blocks; run it in its own goroutine.
+// memoryListener names the in-process connections of Connect.
+const memoryListener = "memory"
+
+// Connect serves one in-process client connection, such as one end of a
+// net.Pipe, until it closes. It blocks; run it in its own goroutine.
 func (b *Broker) Connect(conn net.Conn) error {
-	return b.server.EstablishConnection("memory", conn)
+	return b.server.EstablishConnection(memoryListener, conn)
+}
+
+// ListenTLS serves MQTT over TLS on addr (host:port; port 0 picks one) with
+// a server certificate from the service CA for names, and returns the
+// address it listens on. Call it before Serve. Client certificates are
+// requested but checked at MQTT CONNECT against the service's clock, not in
+// the TLS handshake, so that a simulator's virtual time governs expiry.
+func (b *Broker) ListenTLS(addr string, names []string) (net.Addr, error) {
+	var dns []string
+	var ips []net.IP
+	for _, n := range names {
+		if ip := net.ParseIP(n); ip != nil {
+			ips = append(ips, ip)
+		} else {
+			dns = append(dns, n)
+		}
+	}
+	cert, err := b.svc.ca.ServerCertificate(dns, ips, b.svc.opts.Clock.Now(), 365*24*time.Hour)
+	if err != nil {
+		return nil, fmt.Errorf("listen %s: %w", addr, err)
+	}
+	ln, err := tls.Listen("tcp", addr, &tls.Config{
+		Certificates: []tls.Certificate{cert},
+		ClientAuth:   tls.RequestClientCert,
+		MinVersion:   tls.VersionTLS12,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("listen %s: %w", addr, err)
+	}
+	if err := b.server.AddListener(listeners.NewNet("tls", ln)); err != nil {
+		ln.Close()
+		return nil, fmt.Errorf("listen %s: %w", addr, err)
+	}
+	return ln.Addr(), nil
 }
 
 // onMessage hands a device's message to the service and publishes the
@@ -123,35 +164,61 @@ func (b *Broker) RunFanOut(ctx context.Context, ticks <-chan time.Time, perTick 
 // the prefix and then its enrollment request id.
 const EnrollClientPrefix = "enroll-"
 
-// topicACL keeps every client to its own topics: a device publishes only
-// to its uplink topic and subscribes only to its downlink topic; an
-// enrolling client only to the enrollment topics of its own request.
-// Wildcards never reach another client's topics, since no topic with a
-// wildcard parses. Identity is the client id; the connection's
-// authentication is the security model's part.
+// topicACL authenticates connections and keeps every client to its own
+// topics: a device publishes only to its uplink topic and subscribes only
+// to its downlink topic; an enrolling client only to the enrollment topics
+// of its own request. Wildcards never reach another client's topics, since
+// no topic with a wildcard parses.
 type topicACL struct {
 	mqtt.HookBase
-	tenant string
+	svc *Service
 }
 
 // ID implements mqtt.Hook.
-func (h *topicACL) ID() string { return "mdm-topic-acl" }
+func (h *topicACL) ID() string { return "mdm-auth" }
 
 // Provides implements mqtt.Hook.
 func (h *topicACL) Provides(b byte) bool {
 	return bytes.Contains([]byte{mqtt.OnConnectAuthenticate, mqtt.OnACLCheck}, []byte{b})
 }
 
-// OnConnectAuthenticate admits clients whose id is a valid device id or an
-// enrollment client id.
-func (h *topicACL) OnConnectAuthenticate(cl *mqtt.Client, _ packets.Packet) bool {
-	return protocol.ValidID(strings.TrimPrefix(cl.ID, EnrollClientPrefix)) == nil
+// OnConnectAuthenticate admits, on the network, a device whose MDM
+// certificate names it (its client id), is signed by the service CA, has
+// not expired and belongs to a managed device; or an enrolling client
+// (client id "enroll-<request>") whose password is the enrollment token.
+// In-process connections are admitted by client id.
+func (h *topicACL) OnConnectAuthenticate(cl *mqtt.Client, pk packets.Packet) bool {
+	enrolling := strings.HasPrefix(cl.ID, EnrollClientPrefix)
+	if protocol.ValidID(strings.TrimPrefix(cl.ID, EnrollClientPrefix)) != nil {
+		return false
+	}
+	if cl.Net.Listener == memoryListener {
+		return true
+	}
+	if enrolling {
+		return h.svc.checkToken(string(pk.Connect.Password))
+	}
+	tc, ok := cl.Net.Conn.(*tls.Conn)
+	if !ok {
+		return false
+	}
+	peers := tc.ConnectionState().PeerCertificates
+	if len(peers) == 0 {
+		return false
+	}
+	tenant, device, err := h.svc.ca.DeviceIdentity(peers[0], h.svc.opts.Clock.Now())
+	if err != nil || tenant != h.svc.opts.Tenant || device != cl.ID {
+		h.svc.opts.Logger.Debug("connection refused", "client", cl.ID, "remote", cl.Net.Remote, "err", err)
+		return false
+	}
+	d, _, err := h.svc.Device(device)
+	return err == nil && d.Managed()
 }
 
 // OnACLCheck allows a client its own topics only.
 func (h *topicACL) OnACLCheck(cl *mqtt.Client, topic string, write bool) bool {
 	t, err := protocol.ParseTopic(topic)
-	if err != nil || t.Tenant != h.tenant {
+	if err != nil || t.Tenant != h.svc.opts.Tenant {
 		return false
 	}
 	switch t.Kind {

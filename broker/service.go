@@ -165,6 +165,17 @@ func (s *Service) RotateEnrollmentToken() (string, error) {
 	return token, nil
 }
 
+// checkToken reports whether token is the current enrollment token,
+// comparing hashes in constant time.
+func (s *Service) checkToken(token string) bool {
+	var hash []byte
+	if err := s.store.View(func(tx *Tx) error { hash = tx.TokenHash(); return nil }); err != nil {
+		return false
+	}
+	sum := sha256.Sum256([]byte(token))
+	return hash != nil && subtle.ConstantTimeCompare(hash, sum[:]) == 1
+}
+
 func (s *Service) newID(prefix string) (string, error) {
 	var b [8]byte
 	if _, err := io.ReadFull(s.opts.Rand, b[:]); err != nil {
@@ -405,10 +416,7 @@ func (s *Service) enroll(m *protocol.EnrollRequest) *protocol.EnrollResponse {
 	if t.Mode == ModeUnknown {
 		return refuseEnroll(protocol.CodeAuthorityNotSet)
 	}
-	var hash []byte
-	_ = s.store.View(func(tx *Tx) error { hash = tx.TokenHash(); return nil })
-	sum := sha256.Sum256([]byte(m.Token))
-	if hash == nil || subtle.ConstantTimeCompare(hash, sum[:]) != 1 {
+	if !s.checkToken(m.Token) {
 		return refuseEnroll(protocol.CodeInvalidToken)
 	}
 	authority := t.AuthorityFor(m.User)
