@@ -35,7 +35,7 @@ func dialTLS(t *testing.T, h *harness, addr, clientID, password string, cert *tl
 	if cert != nil {
 		cfg.Certificates = []tls.Certificate{*cert}
 	}
-	opts := paho.NewClientOptions().AddBroker("ssl://"+addr).SetClientID(clientID).
+	opts := paho.NewClientOptions().AddBroker("ssl://" + addr).SetClientID(clientID).
 		SetTLSConfig(cfg).SetAutoReconnect(false).SetConnectRetry(false).SetConnectTimeout(5 * time.Second)
 	if password != "" {
 		opts.SetUsername("enroll").SetPassword(password)
