@@ -46,6 +46,10 @@ type Options struct {
 	// RenewalWindow is how long before expiry a device may renew its
 	// certificate; default 30 days.
 	RenewalWindow time.Duration
+	// EnrollmentTokenFile, when set, receives the enrollment token (mode
+	// 0600) each time it is created or rotated: the store keeps only its
+	// hash.
+	EnrollmentTokenFile string
 }
 
 // Outgoing is a message the service publishes.
@@ -150,7 +154,8 @@ func cloneTenant(t *Tenant) (*Tenant, error) {
 }
 
 // RotateEnrollmentToken creates a new enrollment token, which replaces the
-// previous one, and returns it. Only its hash is stored.
+// previous one, and returns it. Only its hash is stored, and the token
+// itself is written to Options.EnrollmentTokenFile when set.
 func (s *Service) RotateEnrollmentToken() (string, error) {
 	var b [18]byte
 	if _, err := io.ReadFull(s.opts.Rand, b[:]); err != nil {
@@ -158,6 +163,12 @@ func (s *Service) RotateEnrollmentToken() (string, error) {
 	}
 	token := "enr-" + hex.EncodeToString(b[:])
 	sum := sha256.Sum256([]byte(token))
+	if s.opts.EnrollmentTokenFile != "" {
+		// The file first: a token only in the store could never be read.
+		if err := writeFileAtomic(s.opts.EnrollmentTokenFile, []byte(token+"\n"), 0o600); err != nil {
+			return "", fmt.Errorf("enrollment token: %w", err)
+		}
+	}
 	err := s.store.Update(func(tx *Tx) error { return tx.PutTokenHash(sum[:]) })
 	if err != nil {
 		return "", fmt.Errorf("enrollment token: %w", err)

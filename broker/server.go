@@ -1,0 +1,252 @@
+package broker
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"golang.org/x/sync/errgroup"
+)
+
+// ServerConfig configures RunServer: the whole service in one process.
+type ServerConfig struct {
+	// DataDir holds the store, the CA and the token files.
+	DataDir string
+	// Tenant is the tenant id; default "default".
+	Tenant string
+	// MQTTAddr is where MQTT over TLS listens, such as "127.0.0.1:8883".
+	MQTTAddr string
+	// AdminAddr is where the admin HTTP API listens, such as
+	// "127.0.0.1:8440".
+	AdminAddr string
+	// PushRate is the most pushes the fan-out sends per second.
+	PushRate int
+	// CertValidity is the lifetime of device certificates.
+	CertValidity time.Duration
+	// Logger receives the log; default discards it.
+	Logger *slog.Logger
+	// Clock is the time source; default the real clock. The fan-out and
+	// housekeeping tick on real time: RunServer is the real-time entry
+	// point, and the simulator drives Service and Broker on its own clock.
+	Clock Clock
+	// Ready, when set, is called once everything listens.
+	Ready func(ServerInfo)
+}
+
+// ServerInfo tells where a running server listens and keeps its files.
+type ServerInfo struct {
+	MQTTAddr            net.Addr
+	AdminURL            string
+	DataDir             string
+	AdminTokenFile      string
+	EnrollmentTokenFile string
+	CACertFile          string
+	// CreatedCA is true on the first start, when the CA was created.
+	CreatedCA bool
+	// Repushed counts the pushes made due again at start.
+	Repushed int
+}
+
+// fanOutInterval is the fan-out's tick; the rate is spread over the ticks.
+const fanOutInterval = 100 * time.Millisecond
+
+// RunServer runs the management service until ctx is done: the store and
+// CA in cfg.DataDir, the embedded MQTT broker over TLS, the admin API, the
+// rate-limited fan-out and hourly housekeeping. On the first start it
+// creates the CA, an admin token and an enrollment token, each in a file
+// only the owner can read. It returns nil after a clean shutdown.
+func RunServer(ctx context.Context, cfg ServerConfig) error {
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	if cfg.Clock == nil {
+		cfg.Clock = realClock{}
+	}
+	if cfg.PushRate <= 0 {
+		return fmt.Errorf("push rate %d: must be at least 1 push per second", cfg.PushRate)
+	}
+	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
+		return fmt.Errorf("data directory: %w", err)
+	}
+	info := ServerInfo{
+		DataDir:             cfg.DataDir,
+		AdminTokenFile:      filepath.Join(cfg.DataDir, "admin.token"),
+		EnrollmentTokenFile: filepath.Join(cfg.DataDir, "enrollment.token"),
+		CACertFile:          filepath.Join(cfg.DataDir, "ca.crt"),
+	}
+	store, err := OpenStore(filepath.Join(cfg.DataDir, "mdm.db"))
+	if err != nil {
+		return err
+	}
+	defer store.Close()
+	tenant := cfg.Tenant
+	if tenant == "" {
+		tenant = "default"
+	}
+	ca, created, err := LoadOrCreateCA(cfg.DataDir, tenant, cfg.Clock.Now())
+	if err != nil {
+		return err
+	}
+	info.CreatedCA = created
+	svc, err := NewService(store, ca, Options{Tenant: tenant, Clock: cfg.Clock, Logger: cfg.Logger, CertValidity: cfg.CertValidity,
+		EnrollmentTokenFile: info.EnrollmentTokenFile})
+	if err != nil {
+		return err
+	}
+	adminToken, err := loadOrCreateSecret(info.AdminTokenFile, "adm-")
+	if err != nil {
+		return err
+	}
+	if err := ensureEnrollmentToken(svc, store, info.EnrollmentTokenFile); err != nil {
+		return err
+	}
+	if info.Repushed, err = svc.RepushPending(); err != nil {
+		return err
+	}
+
+	b, err := NewBroker(svc, cfg.Logger)
+	if err != nil {
+		return err
+	}
+	host, _, _ := net.SplitHostPort(cfg.MQTTAddr)
+	names := []string{"localhost", "127.0.0.1", "::1"}
+	if host != "" && !strings.Contains(strings.Join(names, " "), host) {
+		names = append(names, host)
+	}
+	if info.MQTTAddr, err = b.ListenTLS(cfg.MQTTAddr, names); err != nil {
+		return err
+	}
+	if err := b.Serve(); err != nil {
+		return fmt.Errorf("start MQTT broker: %w", err)
+	}
+	defer b.Close()
+
+	adminLn, err := net.Listen("tcp", cfg.AdminAddr)
+	if err != nil {
+		return fmt.Errorf("admin API: %w", err)
+	}
+	info.AdminURL = "http://" + adminLn.Addr().String()
+	admin := &http.Server{Handler: NewAdminHandler(svc, adminToken, cfg.Logger), ReadHeaderTimeout: 10 * time.Second}
+
+	g, ctx := errgroup.WithContext(ctx)
+	g.Go(func() error {
+		if err := admin.Serve(adminLn); !errors.Is(err, http.ErrServerClosed) {
+			return fmt.Errorf("admin API: %w", err)
+		}
+		return nil
+	})
+	g.Go(func() error {
+		<-ctx.Done()
+		shutdown, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		return admin.Shutdown(shutdown)
+	})
+	g.Go(func() error {
+		t := time.NewTicker(fanOutInterval)
+		defer t.Stop()
+		perTick := max(1, cfg.PushRate*int(fanOutInterval)/int(time.Second))
+		err := b.RunFanOut(ctx, t.C, perTick)
+		if errors.Is(err, context.Canceled) {
+			return nil
+		}
+		return err
+	})
+	g.Go(func() error {
+		t := time.NewTicker(time.Hour)
+		defer t.Stop()
+		for {
+			if removed, err := svc.Housekeep(); err != nil {
+				cfg.Logger.Error("housekeeping", "err", err)
+			} else if len(removed) > 0 {
+				cfg.Logger.Info("housekeeping removed devices", "count", len(removed))
+			}
+			select {
+			case <-ctx.Done():
+				return nil
+			case <-t.C:
+			}
+		}
+	})
+	if cfg.Ready != nil {
+		cfg.Ready(info)
+	}
+	return g.Wait()
+}
+
+// loadOrCreateSecret reads a token from path, or creates a random one
+// there (mode 0600) on first use.
+func loadOrCreateSecret(path, prefix string) (string, error) {
+	b, err := os.ReadFile(path)
+	if err == nil {
+		if fi, err := os.Stat(path); err == nil && fi.Mode().Perm()&0o077 != 0 {
+			return "", fmt.Errorf("%s is readable by others (mode %v); run chmod 600 %s", path, fi.Mode().Perm(), path)
+		}
+		tok := strings.TrimSpace(string(b))
+		if tok == "" {
+			return "", fmt.Errorf("%s is empty; delete it to have a new token created", path)
+		}
+		return tok, nil
+	}
+	if !errors.Is(err, os.ErrNotExist) {
+		return "", err
+	}
+	var r [24]byte
+	if _, err := rand.Read(r[:]); err != nil {
+		return "", err
+	}
+	tok := prefix + hex.EncodeToString(r[:])
+	return tok, writeFileAtomic(path, []byte(tok+"\n"), 0o600)
+}
+
+// ensureEnrollmentToken creates the enrollment token on the first start;
+// later starts keep the one in the store (only its hash is there) and its
+// file.
+func ensureEnrollmentToken(svc *Service, store *Store, path string) error {
+	var hash []byte
+	if err := store.View(func(tx *Tx) error { hash = tx.TokenHash(); return nil }); err != nil {
+		return err
+	}
+	if hash != nil {
+		if _, err := os.Stat(path); err != nil {
+			svc.opts.Logger.Warn("enrollment token file missing; rotate the token to write a new one", "file", path)
+		}
+		return nil
+	}
+	_, err := svc.RotateEnrollmentToken()
+	return err
+}
+
+// writeFileAtomic writes data to path through a temporary file in the same
+// directory, synced and renamed: a crash leaves the old file or the new.
+func writeFileAtomic(path string, data []byte, mode os.FileMode) error {
+	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".*")
+	if err != nil {
+		return err
+	}
+	defer os.Remove(f.Name())
+	if err := f.Chmod(mode); err != nil {
+		f.Close()
+		return err
+	}
+	if _, err := f.Write(data); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Close(); err != nil {
+		return err
+	}
+	return os.Rename(f.Name(), path)
+}

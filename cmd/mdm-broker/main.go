@@ -1,0 +1,111 @@
+// Command mdm-broker runs the MDM management service: the tenant's MDM
+// authority, device enrollment and check-ins over MQTT (embedded broker,
+// TLS), profiles, commands and the admin HTTP API.
+//
+//	mdm-broker serve [--data DIR] [--tenant ID] [--mqtt ADDR] [--admin ADDR] [--push-rate N]
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"syscall"
+	"time"
+
+	flag "github.com/spf13/pflag"
+
+	"github.com/mdm-authority/mdm/broker"
+)
+
+const usage = `Usage: mdm-broker <command> [flags]
+
+Commands:
+  serve    run the management service (MQTT over TLS, admin API, fan-out)
+
+Run 'mdm-broker serve --help' for its flags. The admin API it serves is
+documented in the README ("Management service").
+`
+
+func main() {
+	if len(os.Args) < 2 || os.Args[1] == "-h" || os.Args[1] == "--help" || os.Args[1] == "help" {
+		fmt.Fprint(os.Stderr, usage)
+		os.Exit(2)
+	}
+	switch os.Args[1] {
+	case "serve":
+		if err := serve(os.Args[2:]); err != nil {
+			fmt.Fprintf(os.Stderr, "mdm-broker serve: %v\n", err)
+			os.Exit(1)
+		}
+	default:
+		fmt.Fprintf(os.Stderr, "mdm-broker: unknown command %q\n\n%s", os.Args[1], usage)
+		os.Exit(2)
+	}
+}
+
+// defaultDataDir is the per-user state directory: $XDG_STATE_HOME or
+// ~/.local/state, then mdm-broker.
+func defaultDataDir() string {
+	if d := os.Getenv("XDG_STATE_HOME"); d != "" {
+		return filepath.Join(d, "mdm-broker")
+	}
+	home, err := os.UserHomeDir()
+	if err != nil {
+		return "mdm-broker-data"
+	}
+	return filepath.Join(home, ".local", "state", "mdm-broker")
+}
+
+func serve(args []string) error {
+	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
+	data := fs.String("data", "", "directory of the store, the CA and the token files (default $XDG_STATE_HOME/mdm-broker or ~/.local/state/mdm-broker)")
+	tenant := fs.String("tenant", "default", "tenant id, as it appears in the MQTT topics")
+	mqttAddr := fs.String("mqtt", "127.0.0.1:8883", "address of MQTT over TLS")
+	adminAddr := fs.String("admin", "127.0.0.1:8440", "address of the admin HTTP API (keep it on loopback)")
+	pushRate := fs.Int("push-rate", 500, "most check-in pushes sent per second during a fan-out")
+	validity := fs.Duration("cert-validity", 365*24*time.Hour, "lifetime of the device certificates the service issues")
+	verbose := fs.BoolP("verbose", "v", false, "log at debug level")
+	fs.Usage = func() {
+		fmt.Fprintf(os.Stderr, "Usage: mdm-broker serve [flags]\n\nRuns the management service until interrupted (Ctrl-C).\n\nFlags:\n%s", fs.FlagUsages())
+	}
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return nil
+		}
+		return err
+	}
+	level := slog.LevelInfo
+	if *verbose {
+		level = slog.LevelDebug
+	}
+	logger := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+	dir := *data
+	if dir == "" {
+		dir = defaultDataDir()
+		logger.Info("no --data given: using the per-user default", "dir", dir)
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	return broker.RunServer(ctx, broker.ServerConfig{
+		DataDir: dir, Tenant: *tenant, MQTTAddr: *mqttAddr, AdminAddr: *adminAddr,
+		PushRate: *pushRate, CertValidity: *validity, Logger: logger,
+		Ready: func(i broker.ServerInfo) {
+			fmt.Printf(`mdm-broker serving tenant %q
+  MQTT over TLS      %s
+  admin API          %s
+  data               %s
+  admin token        %s
+  enrollment token   %s
+  CA certificate     %s  (devices need it to trust the service)
+Press Ctrl-C to stop.
+`, *tenant, i.MQTTAddr, i.AdminURL, i.DataDir, i.AdminTokenFile, i.EnrollmentTokenFile, i.CACertFile)
+			if i.Repushed > 0 {
+				logger.Info("pushes pending from the last run made due again", "count", i.Repushed)
+			}
+		},
+	})
+}
