@@ -63,7 +63,7 @@ var (
 	ErrSameAuthority    = errors.New("the MDM authority already has that value")
 	ErrConsentRequired  = errors.New("uploading an APNs certificate shares data with Apple: repeat the request with consent (--consent) to record it")
 	ErrNotCoexistence   = errors.New("licenses decide a user's authority only in coexistence mode: set the authority to coexistence first")
-	ErrUnsupported      = errors.New("not supported by the device's MDM authority")
+	ErrUnsupported      = errors.New("not supported by that MDM authority")
 	ErrInvalidAuthority = errors.New("authority must be intune or office365")
 )
 

@@ -3,6 +3,10 @@
 // TLS), profiles, commands and the admin HTTP API.
 //
 //	mdm-broker serve [--data DIR] [--tenant ID] [--mqtt ADDR] [--admin ADDR] [--push-rate N]
+//	mdm-broker authority set office365
+//	mdm-broker devices list --authority intune
+//
+// Run it without arguments for the list of commands.
 package main
 
 import (
@@ -13,6 +17,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"time"
 
@@ -21,29 +26,42 @@ import (
 	"github.com/mdm-authority/mdm/broker"
 )
 
-const usage = `Usage: mdm-broker <command> [flags]
+const usageHead = `Usage: mdm-broker <command> [flags]
 
-Commands:
-  serve    run the management service (MQTT over TLS, admin API, fan-out)
+Run the service:
+  serve [--data DIR] [--mqtt ADDR] [--admin ADDR] [--push-rate N]
 
-Run 'mdm-broker serve --help' for its flags. The admin API it serves is
-documented in the README ("Management service").
+Administer a running service (tables by default, --json for JSON; the
+admin token is read from DATA/admin.token):
 `
+
+const usageTail = `
+
+Add --help to any command for its flags.
+`
+
+func usage() string { return usageHead + adminUsage() + usageTail }
 
 func main() {
 	if len(os.Args) < 2 || os.Args[1] == "-h" || os.Args[1] == "--help" || os.Args[1] == "help" {
-		fmt.Fprint(os.Stderr, usage)
+		fmt.Fprint(os.Stderr, usage())
 		os.Exit(2)
 	}
-	switch os.Args[1] {
-	case "serve":
+	if os.Args[1] == "serve" {
 		if err := serve(os.Args[2:]); err != nil {
 			fmt.Fprintf(os.Stderr, "mdm-broker serve: %v\n", err)
 			os.Exit(1)
 		}
-	default:
-		fmt.Fprintf(os.Stderr, "mdm-broker: unknown command %q\n\n%s", os.Args[1], usage)
+		return
+	}
+	ran, err := runAdmin(os.Args[1:])
+	if !ran {
+		fmt.Fprintf(os.Stderr, "mdm-broker: unknown command %q\n\n%s", strings.Join(os.Args[1:min(3, len(os.Args))], " "), usage())
 		os.Exit(2)
+	}
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "mdm-broker: %v\n", err)
+		os.Exit(1)
 	}
 }
 
