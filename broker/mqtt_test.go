@@ -212,3 +212,110 @@ func TestFanOutRate(t *testing.T) {
 	}
 	receive[*protocol.Push](t, msgs, protocol.DownlinkTopic("contoso", devs[0].id))
 }
+
+// mqttDevice is a device written from the specification that talks to the
+// embedded broker through a real MQTT client.
+type mqttDevice struct {
+	t    *testing.T
+	h    *harness
+	id   string
+	c    paho.Client
+	msgs chan paho.Message
+}
+
+func (h *harness) mqttEnroll(t *testing.T, b *Broker, p protocol.Platform, user, request string) *mqttDevice {
+	t.Helper()
+	enroller, msgs := pahoClient(t, b, EnrollClientPrefix+request)
+	subscribe(t, enroller, protocol.EnrollResponseTopic("contoso", request))
+	_, csr, _ := NewDeviceKeyAndCSR()
+	typ := protocol.EnrollUser
+	if user == "" {
+		typ = protocol.EnrollBulk
+	}
+	publish(t, h, enroller, protocol.EnrollRequestTopic("contoso", request), "",
+		&protocol.EnrollRequest{CSR: csr, Token: h.token, Platform: p, User: user, Type: typ})
+	resp, _ := receive[*protocol.EnrollResponse](t, msgs, protocol.EnrollResponseTopic("contoso", request))
+	enroller.Disconnect(50)
+	if resp.Error != protocol.CodeNone {
+		t.Fatalf("enroll %s: %s", p, resp.Error)
+	}
+	c, dmsgs := pahoClient(t, b, resp.Device)
+	subscribe(t, c, protocol.DownlinkTopic("contoso", resp.Device))
+	return &mqttDevice{t: t, h: h, id: resp.Device, c: c, msgs: dmsgs}
+}
+
+func (d *mqttDevice) checkIn() *protocol.CheckInResponse {
+	d.t.Helper()
+	publish(d.t, d.h, d.c, protocol.UplinkTopic("contoso", d.id), d.id, &protocol.CheckIn{
+		Reason: protocol.CheckInScheduled, CertificateExpiry: protocol.At(testStart.AddDate(1, 0, 0))})
+	for { // skip pushes that arrive first
+		m, _ := receive[protocol.Body](d.t, d.msgs, protocol.DownlinkTopic("contoso", d.id))
+		if r, ok := m.(*protocol.CheckInResponse); ok {
+			return r
+		}
+	}
+}
+
+// TestMigrationOverMQTT runs a small fleet through an authority change
+// over MQTT: the retention deadline, APNs gating of iOS, a userless device
+// left behind, and a remote lock sent from the new authority and
+// acknowledged by the device.
+func TestMigrationOverMQTT(t *testing.T) {
+	h := newHarness(t)
+	b, err := NewBroker(h.svc, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b.Serve()
+	t.Cleanup(func() { b.Close() })
+	mustDo(t, h.svc.SetAuthority, ModeOffice365)
+	h.svc.UploadAPNs(protocol.AuthorityOffice365, true)
+	put(t, h, protocol.AuthorityOffice365, protocol.ProfileEmail, "Corp Mail")
+	put(t, h, protocol.AuthorityIntune, protocol.ProfileEmail, "Corp Mail")
+	laptop := h.mqttEnroll(t, b, protocol.PlatformWindows, "ada@contoso.example", "r-1")
+	phone := h.mqttEnroll(t, b, protocol.PlatformIOS, "ada@contoso.example", "r-2")
+	kiosk := h.mqttEnroll(t, b, protocol.PlatformAndroid, "", "r-3")
+	for _, d := range []*mqttDevice{laptop, phone, kiosk} {
+		if r := d.checkIn(); r.Authority != protocol.AuthorityOffice365 {
+			t.Fatalf("before the change: %s on %s", d.id, r.Authority)
+		}
+	}
+
+	h.clock.Advance(time.Hour)
+	change, _, err := h.svc.SetAuthority(ModeIntune)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r := laptop.checkIn(); r.Authority != protocol.AuthorityIntune || r.RetainUntil != protocol.At(change.At.Add(RetentionPeriod)) {
+		t.Errorf("laptop after the change: %s, retain until %v", r.Authority, r.RetainUntil)
+	}
+	if r := phone.checkIn(); r.Error != protocol.CodeAPNsCertificateMissing {
+		t.Errorf("iPhone before the APNs upload: %s; want apns_certificate_missing", r.Error)
+	}
+	if r := kiosk.checkIn(); r.Authority != protocol.AuthorityOffice365 {
+		t.Errorf("userless device moved to %s", r.Authority)
+	}
+	if ds, _ := h.svc.Devices(func(d *Device) bool { return d.NeedsSupport }); len(ds) != 1 || ds[0].ID != kiosk.id {
+		t.Errorf("devices needing support = %v; want the kiosk", ds)
+	}
+	h.svc.UploadAPNs(protocol.AuthorityIntune, true)
+	if r := phone.checkIn(); r.Authority != protocol.AuthorityIntune {
+		t.Errorf("iPhone after the upload: %+v", r)
+	}
+
+	// Validation: a remote lock from the new authority, acknowledged.
+	lock, err := h.svc.IssueCommand(laptop.id, protocol.CommandRemoteLock, "Call IT")
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := laptop.checkIn()
+	if len(r.Commands) != 1 || r.Commands[0].ID != lock.ID {
+		t.Fatalf("laptop got commands %+v; want the lock", r.Commands)
+	}
+	publish(t, h, laptop.c, protocol.UplinkTopic("contoso", laptop.id), laptop.id,
+		&protocol.CommandResult{ID: lock.ID, Status: protocol.CommandDone})
+	laptop.checkIn() // a round trip, so the result has been handled
+	if _, cmds, _ := h.svc.Device(laptop.id); cmds[0].State != CommandAcknowledged {
+		t.Errorf("lock state = %s; want acknowledged", cmds[0].State)
+	}
+}
