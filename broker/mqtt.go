@@ -160,9 +160,8 @@ func (b *Broker) RunFanOut(ctx context.Context, ticks <-chan time.Time, perTick 
 	}
 }
 
-// EnrollClientPrefix starts the MQTT client id of a device that enrolls:
-// the prefix and then its enrollment request id.
-const EnrollClientPrefix = "enroll-"
+// EnrollClientPrefix starts the MQTT client id of an enrolling client.
+const EnrollClientPrefix = protocol.EnrollClientPrefix
 
 // topicACL authenticates connections and keeps every client to its own
 // topics: a device publishes only to its uplink topic and subscribes only

@@ -10,6 +10,11 @@ import (
 // version, so that two major versions can run side by side on one broker.
 const TopicRoot = "mdm/v1"
 
+// EnrollClientPrefix starts the MQTT client id of an enrolling client,
+// followed by its enrollment request id; an enrolled device's client id is
+// its device id.
+const EnrollClientPrefix = "enroll-"
+
 // MaxIDLen is the longest tenant, device, enrollment request or command id.
 const MaxIDLen = 64
 

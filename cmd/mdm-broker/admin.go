@@ -218,8 +218,12 @@ var adminCommands = map[string]adminCommand{
 					if d.NeedsSupport {
 						support = "needs support"
 					}
+					lastErr := "-"
+					if d.LastError != protocol.CodeNone {
+						lastErr = d.LastError.String()
+					}
 					fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", d.ID, d.Platform, orDash(d.User), d.Authority, d.State,
-						when(d.LastCheckIn), d.LastError, support)
+						when(d.LastCheckIn), lastErr, support)
 				}
 			})
 		}
