@@ -166,3 +166,34 @@ func TestCheckInRacingAChange(t *testing.T) {
 		t.Fatal("device left on office365 with its authority-change push cleared")
 	}
 }
+
+// TestEnrollmentRedelivered delivers one enrollment request twice, as MQTT
+// QoS 1 may: one device, and the same answer twice.
+func TestEnrollmentRedelivered(t *testing.T) {
+	h := newHarness(t)
+	mustDo(t, h.svc.SetAuthority, ModeIntune)
+	_, csr, _ := NewDeviceKeyAndCSR()
+	req := &protocol.EnrollRequest{CSR: csr, Token: h.token, Platform: protocol.PlatformAndroid, User: "ada@contoso.example", Type: protocol.EnrollUser}
+	id, _ := protocol.NewMessageID(h.rng)
+	b, _ := protocol.Encode(protocol.Envelope{ID: id, Sent: 1, Body: req})
+	topic := protocol.EnrollRequestTopic("contoso", "r-1")
+	var devices []string
+	for range 2 {
+		out, err := h.svc.HandleMessage(t.Context(), topic, b)
+		if err != nil {
+			t.Fatal(err)
+		}
+		devices = append(devices, decodeOne[*protocol.EnrollResponse](t, out, protocol.EnrollResponseTopic("contoso", "r-1")).Device)
+	}
+	if devices[0] != devices[1] {
+		t.Errorf("the same request enrolled %q and %q", devices[0], devices[1])
+	}
+	if ds, _ := h.svc.Devices(nil); len(ds) != 1 {
+		t.Errorf("%d device records; want 1", len(ds))
+	}
+	// The same message id under another request id is another request.
+	out, _ := h.svc.HandleMessage(t.Context(), protocol.EnrollRequestTopic("contoso", "r-2"), b)
+	if d := decodeOne[*protocol.EnrollResponse](t, out, protocol.EnrollResponseTopic("contoso", "r-2")).Device; d == devices[0] {
+		t.Error("another request id got the first request's identity")
+	}
+}

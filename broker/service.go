@@ -71,7 +71,8 @@ type Service struct {
 	// its snapshot and before it writes.
 	testHookDecided func()
 
-	metrics metrics
+	metrics  metrics
+	enrolled recentEnrollments
 
 	mu       sync.RWMutex
 	tenant   *Tenant   // cached: read on every check-in, written by admin operations
@@ -383,8 +384,15 @@ func (s *Service) handle(ctx context.Context, topic string, payload []byte) ([]O
 	}
 	switch m := env.Body.(type) {
 	case *protocol.EnrollRequest:
-		resp := s.enroll(m)
-		s.metrics.enrollments[resp.Error].Add(1)
+		key := enrollKey{request: tp.ID, id: env.ID}
+		resp, seen := s.enrolled.get(key)
+		if !seen {
+			// A redelivered request (MQTT QoS 1) gets the first answer
+			// again instead of making a second device.
+			resp = s.enroll(m)
+			s.metrics.enrollments[resp.Error].Add(1)
+			s.enrolled.put(key, resp)
+		}
 		return s.reply(protocol.EnrollResponseTopic(s.opts.Tenant, tp.ID), "", env.ID, resp)
 	case *protocol.CheckIn:
 		resp, err := s.checkIn(tp.ID, m)
@@ -644,6 +652,45 @@ func (s *Service) commandResult(id string, r *protocol.CommandResult) error {
 	}
 	s.metrics.results.Add(1)
 	return nil
+}
+
+// enrollKey names one enrollment request: its request id (which only its
+// own client may publish under) and its message id.
+type enrollKey struct {
+	request string
+	id      protocol.MessageID
+}
+
+// recentEnrollments remembers the answers to the last enrollment requests,
+// so that a request delivered twice is answered twice the same way. It
+// keeps at most recentEnrollmentsMax answers, forgetting the oldest.
+type recentEnrollments struct {
+	mu    sync.Mutex
+	byKey map[enrollKey]*protocol.EnrollResponse
+	order []enrollKey
+}
+
+const recentEnrollmentsMax = 4096
+
+func (r *recentEnrollments) get(k enrollKey) (*protocol.EnrollResponse, bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	resp, ok := r.byKey[k]
+	return resp, ok
+}
+
+func (r *recentEnrollments) put(k enrollKey, resp *protocol.EnrollResponse) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.byKey == nil {
+		r.byKey = map[enrollKey]*protocol.EnrollResponse{}
+	}
+	if len(r.order) >= recentEnrollmentsMax {
+		delete(r.byKey, r.order[0])
+		r.order = r.order[1:]
+	}
+	r.byKey[k] = resp
+	r.order = append(r.order, k)
 }
 
 // ErrReplayed is returned for a message the service had already applied.
