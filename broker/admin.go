@@ -145,6 +145,9 @@ func (s *Service) MigrateDevice(id string) (Device, error) {
 		if !d.Managed() {
 			return fmt.Errorf("device %s is %s: %w", id, d.State, ErrConflict)
 		}
+		if d.User != "" {
+			return fmt.Errorf("device %s has a user and moves by itself at its next check-in; migrate is for userless devices: %w", id, ErrConflict)
+		}
 		want := t.AuthorityFor(d.User)
 		if d.Authority == want {
 			return fmt.Errorf("device %s is already on %s: %w", id, want, ErrConflict)

@@ -102,7 +102,7 @@ func (b *Broker) ListenTLS(addr string, names []string) (net.Addr, error) {
 	if err != nil {
 		return nil, fmt.Errorf("listen %s: %w", addr, err)
 	}
-	if err := b.server.AddListener(listeners.NewNet("tls", ln)); err != nil {
+	if err := b.server.AddListener(listeners.NewNet("tls", deadlineListener{ln})); err != nil {
 		ln.Close()
 		return nil, fmt.Errorf("listen %s: %w", addr, err)
 	}
@@ -125,6 +125,23 @@ func (b *Broker) publish(out []Outgoing) {
 			b.log.Warn("publish failed", "topic", o.Topic, "err", err)
 		}
 	}
+}
+
+// connectTimeout bounds the time a network client has to finish the TLS
+// handshake and send MQTT CONNECT; after CONNECT the broker's keep-alive
+// deadlines take over.
+const connectTimeout = 10 * time.Second
+
+// deadlineListener gives each accepted connection connectTimeout to
+// connect, so that idle connections neither pile up nor hold up shutdown.
+type deadlineListener struct{ net.Listener }
+
+func (l deadlineListener) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if err == nil {
+		c.SetDeadline(time.Now().Add(connectTimeout))
+	}
+	return c, err
 }
 
 // PublishDuePushes publishes up to max pushes that are due and returns
@@ -178,7 +195,17 @@ func (h *topicACL) ID() string { return "mdm-auth" }
 
 // Provides implements mqtt.Hook.
 func (h *topicACL) Provides(b byte) bool {
-	return bytes.Contains([]byte{mqtt.OnConnectAuthenticate, mqtt.OnACLCheck}, []byte{b})
+	return bytes.Contains([]byte{mqtt.OnConnectAuthenticate, mqtt.OnACLCheck, mqtt.OnPublish}, []byte{b})
+}
+
+// OnPublish rejects retained messages: nothing in the protocol is
+// retained, and a retained message would reach a device long after its
+// sender left.
+func (h *topicACL) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, error) {
+	if pk.FixedHeader.Retain && !cl.Net.Inline {
+		return pk, packets.ErrRejectPacket
+	}
+	return pk, nil
 }
 
 // OnConnectAuthenticate admits, on the network, a device whose MDM
@@ -187,6 +214,11 @@ func (h *topicACL) Provides(b byte) bool {
 // (client id "enroll-<request>") whose password is the enrollment token.
 // In-process connections are admitted by client id.
 func (h *topicACL) OnConnectAuthenticate(cl *mqtt.Client, pk packets.Packet) bool {
+	if pk.Connect.WillFlag {
+		// The broker publishes a will without an ACL check: no client
+		// may leave one, or it could write to another device's topics.
+		return false
+	}
 	enrolling := strings.HasPrefix(cl.ID, EnrollClientPrefix)
 	if protocol.ValidID(strings.TrimPrefix(cl.ID, EnrollClientPrefix)) != nil {
 		return false

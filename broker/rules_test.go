@@ -54,6 +54,16 @@ func TestLicenseMovedIOSPushedOnUpload(t *testing.T) {
 	}
 }
 
+func TestMigrateIsForUserlessDevices(t *testing.T) {
+	h := newHarness(t)
+	mustDo(t, h.svc.SetAuthority, ModeOffice365)
+	d := h.mustEnroll(protocol.PlatformAndroid, "ada@contoso.example")
+	mustDo(t, h.svc.SetAuthority, ModeIntune)
+	if _, err := h.svc.MigrateDevice(d.id); !errors.Is(err, ErrConflict) {
+		t.Errorf("migrate of a device with a user = %v; want ErrConflict", err)
+	}
+}
+
 func TestUserlessMarkedAtChange(t *testing.T) {
 	h := newHarness(t)
 	mustDo(t, h.svc.SetAuthority, ModeOffice365)

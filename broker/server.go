@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"time"
 
@@ -25,9 +26,15 @@ type ServerConfig struct {
 	Tenant string
 	// MQTTAddr is where MQTT over TLS listens, such as "127.0.0.1:8883".
 	MQTTAddr string
+	// MQTTNames are extra host names and IP addresses for the TLS server
+	// certificate, besides localhost and the loopback addresses: the names
+	// devices use to reach the service.
+	MQTTNames []string
 	// AdminAddr is where the admin HTTP API listens, such as
-	// "127.0.0.1:8440".
-	AdminAddr string
+	// "127.0.0.1:8440". It speaks plain HTTP, so it must be a loopback
+	// address unless AdminAllowRemote is set.
+	AdminAddr        string
+	AdminAllowRemote bool
 	// PushRate is the most pushes the fan-out sends per second.
 	PushRate int
 	// CertValidity is the lifetime of device certificates.
@@ -77,6 +84,9 @@ func RunServer(ctx context.Context, cfg ServerConfig) error {
 	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
 		return fmt.Errorf("data directory: %w", err)
 	}
+	if !cfg.AdminAllowRemote && !loopback(cfg.AdminAddr) {
+		return fmt.Errorf("admin API on %s: it speaks plain HTTP, so its token would cross the network in cleartext; use a loopback address (127.0.0.1:8440) or pass --admin-allow-remote behind a TLS proxy", cfg.AdminAddr)
+	}
 	info := ServerInfo{
 		DataDir:             cfg.DataDir,
 		AdminTokenFile:      filepath.Join(cfg.DataDir, "admin.token"),
@@ -91,6 +101,9 @@ func RunServer(ctx context.Context, cfg ServerConfig) error {
 	tenant := cfg.Tenant
 	if tenant == "" {
 		tenant = "default"
+	}
+	if err := store.ClaimTenant(tenant); err != nil {
+		return err
 	}
 	ca, created, err := LoadOrCreateCA(cfg.DataDir, tenant, cfg.Clock.Now())
 	if err != nil {
@@ -117,10 +130,16 @@ func RunServer(ctx context.Context, cfg ServerConfig) error {
 	if err != nil {
 		return err
 	}
-	host, _, _ := net.SplitHostPort(cfg.MQTTAddr)
 	names := []string{"localhost", "127.0.0.1", "::1"}
-	if host != "" && !strings.Contains(strings.Join(names, " "), host) {
-		names = append(names, host)
+	if host, _, _ := net.SplitHostPort(cfg.MQTTAddr); host != "" {
+		if ip := net.ParseIP(host); ip == nil || !ip.IsUnspecified() {
+			names = append(names, host)
+		}
+	}
+	for _, n := range cfg.MQTTNames {
+		if !slices.Contains(names, n) {
+			names = append(names, n)
+		}
 	}
 	if info.MQTTAddr, err = b.ListenTLS(cfg.MQTTAddr, names); err != nil {
 		return err
@@ -151,9 +170,9 @@ func RunServer(ctx context.Context, cfg ServerConfig) error {
 		return admin.Shutdown(shutdown)
 	})
 	g.Go(func() error {
-		t := time.NewTicker(fanOutInterval)
+		interval, perTick := fanOutPace(cfg.PushRate)
+		t := time.NewTicker(interval)
 		defer t.Stop()
-		perTick := max(1, cfg.PushRate*int(fanOutInterval)/int(time.Second))
 		err := b.RunFanOut(ctx, t.C, perTick)
 		if errors.Is(err, context.Canceled) {
 			return nil
@@ -180,6 +199,28 @@ func RunServer(ctx context.Context, cfg ServerConfig) error {
 		cfg.Ready(info)
 	}
 	return g.Wait()
+}
+
+// fanOutPace spreads a rate of pushes per second over ticks: ten a second
+// with rate/10 pushes each, or, below 10 per second, one push per tick.
+func fanOutPace(rate int) (time.Duration, int) {
+	if rate < 10 {
+		return time.Second / time.Duration(rate), 1
+	}
+	return fanOutInterval, rate / 10
+}
+
+// loopback reports whether addr (host:port) is on a loopback address.
+func loopback(addr string) bool {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return false
+	}
+	if host == "localhost" {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
 }
 
 // loadOrCreateSecret reads a token from path, or creates a random one
@@ -216,8 +257,12 @@ func ensureEnrollmentToken(svc *Service, store *Store, path string) error {
 		return err
 	}
 	if hash != nil {
-		if _, err := os.Stat(path); err != nil {
+		fi, err := os.Stat(path)
+		switch {
+		case err != nil:
 			svc.opts.Logger.Warn("enrollment token file missing; rotate the token to write a new one", "file", path)
+		case fi.Mode().Perm()&0o077 != 0:
+			return fmt.Errorf("%s is readable by others (mode %v); run chmod 600 %s", path, fi.Mode().Perm(), path)
 		}
 		return nil
 	}

@@ -280,6 +280,10 @@ func (s *Service) schedulePush(tx *Tx, d *Device, reason protocol.PushReason, no
 func (s *Service) DuePushes(max int) ([]Outgoing, error) {
 	now := s.opts.Clock.Now()
 	t := s.Tenant()
+	var due bool
+	if err := s.store.View(func(tx *Tx) error { due = len(tx.duePushes(now, 1)) > 0; return nil }); err != nil || !due {
+		return nil, err // nothing due: no write transaction
+	}
 	var out []Outgoing
 	retries := 0
 	err := s.store.Update(func(tx *Tx) error {

@@ -24,8 +24,9 @@ var (
 )
 
 var (
-	keyTenant = []byte("tenant")
-	keyToken  = []byte("token")
+	keyTenant   = []byte("tenant")
+	keyToken    = []byte("token")
+	keyTenantID = []byte("tenant_id")
 )
 
 // ErrNotFound is returned (wrapped) for a record that does not exist.
@@ -93,6 +94,22 @@ func OpenStore(path string) (*Store, error) {
 	db.MaxBatchSize = 4096
 	db.MaxBatchDelay = 10 * time.Millisecond
 	return &Store{db: db}, nil
+}
+
+// ClaimTenant binds the store to a tenant id on first use and refuses any
+// other later: device certificates name the tenant, so serving the store
+// under another id would lock every device out.
+func (s *Store) ClaimTenant(id string) error {
+	return s.db.Update(func(tx *bolt.Tx) error {
+		b := tx.Bucket(bucketMeta)
+		if old := b.Get(keyTenantID); old != nil {
+			if string(old) != id {
+				return fmt.Errorf("this data directory belongs to tenant %q, not %q: pass --tenant %s, or use another --data directory", old, id, old)
+			}
+			return nil
+		}
+		return b.Put(keyTenantID, []byte(id))
+	})
 }
 
 // Close closes the store file.

@@ -2,6 +2,8 @@ package broker
 
 import (
 	"crypto/tls"
+	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -96,4 +98,62 @@ func TestTLSListenerAuthentication(t *testing.T) {
 	if err := dialTLS(t, h, addr.String(), dev, "", &cert); err == nil {
 		t.Error("a device with an expired certificate connected")
 	}
+}
+
+// TestNoWillsNoRetained refuses a client that leaves a will (the broker
+// would publish it without an access check) and drops retained messages.
+func TestNoWillsNoRetained(t *testing.T) {
+	h := newHarness(t)
+	b, err := NewBroker(h.svc, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr, err := b.ListenTLS("127.0.0.1:0", []string{"localhost"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b.Serve()
+	t.Cleanup(func() { b.Close() })
+	mustDo(t, h.svc.SetAuthority, ModeIntune)
+	victim := h.mustEnroll(protocol.PlatformWindows, "bob@contoso.example")
+
+	cfg := &tls.Config{RootCAs: h.svc.ca.Pool(), ServerName: "localhost", MinVersion: tls.VersionTLS12}
+	opts := paho.NewClientOptions().AddBroker("ssl://"+addr.String()).SetClientID(EnrollClientPrefix+"r-evil").
+		SetTLSConfig(cfg).SetAutoReconnect(false).SetUsername("enroll").SetPassword(h.token).
+		SetWill(protocol.UplinkTopic("contoso", victim.id), "x", 1, false)
+	c := paho.NewClient(opts)
+	if tok := c.Connect(); tok.WaitTimeout(10*time.Second) && tok.Error() == nil {
+		c.Disconnect(10)
+		t.Error("a client with a will on another device's topic connected")
+	}
+}
+
+func TestServerGuards(t *testing.T) {
+	for _, tt := range []struct {
+		rate     int
+		interval time.Duration
+		perTick  int
+	}{{1, time.Second, 1}, {4, 250 * time.Millisecond, 1}, {10, 100 * time.Millisecond, 1}, {500, 100 * time.Millisecond, 50}} {
+		if iv, n := fanOutPace(tt.rate); iv != tt.interval || n != tt.perTick {
+			t.Errorf("fanOutPace(%d) = %v, %d; want %v, %d", tt.rate, iv, n, tt.interval, tt.perTick)
+		}
+	}
+	for addr, want := range map[string]bool{"127.0.0.1:8440": true, "[::1]:8440": true, "localhost:1": true, "0.0.0.0:8440": false, "10.0.0.5:8440": false, ":8440": false} {
+		if got := loopback(addr); got != want {
+			t.Errorf("loopback(%q) = %v; want %v", addr, got, want)
+		}
+	}
+	err := RunServer(t.Context(), ServerConfig{DataDir: t.TempDir(), AdminAddr: "0.0.0.0:0", MQTTAddr: "127.0.0.1:0", PushRate: 10})
+	if err == nil || !strings.Contains(err.Error(), "cleartext") {
+		t.Errorf("admin API on 0.0.0.0 = %v; want a refusal explaining why", err)
+	}
+	dir := t.TempDir()
+	store, _ := OpenStore(filepath.Join(dir, "mdm.db"))
+	if err := store.ClaimTenant("contoso"); err != nil {
+		t.Fatal(err)
+	}
+	if err := store.ClaimTenant("fabrikam"); err == nil || !strings.Contains(err.Error(), "--tenant contoso") {
+		t.Errorf("claiming the store for another tenant = %v; want a refusal naming the tenant", err)
+	}
+	store.Close()
 }
