@@ -34,6 +34,24 @@ type Broker struct {
 	log    *slog.Logger
 }
 
+// minLevel passes on only records at or above its level.
+type minLevel struct {
+	slog.Handler
+	level slog.Level
+}
+
+func (h minLevel) Enabled(ctx context.Context, l slog.Level) bool {
+	return l >= h.level && h.Handler.Enabled(ctx, l)
+}
+
+func (h minLevel) WithAttrs(as []slog.Attr) slog.Handler {
+	return minLevel{h.Handler.WithAttrs(as), h.level}
+}
+
+func (h minLevel) WithGroup(name string) slog.Handler {
+	return minLevel{h.Handler.WithGroup(name), h.level}
+}
+
 // maxPacket bounds an MQTT packet: the largest payload plus room for the
 // topic and headers. Larger packets are refused by the broker before any
 // of it reaches the service.
@@ -47,7 +65,10 @@ func NewBroker(svc *Service, logger *slog.Logger) (*Broker, error) {
 	caps := mqtt.NewDefaultServerCapabilities()
 	caps.MaximumPacketSize = maxPacket
 	caps.MaximumClientWritesPending = 64
-	s := mqtt.New(&mqtt.Options{InlineClient: true, Capabilities: caps, Logger: logger})
+	// mochi logs every refused connection as a warning; keep its log to
+	// errors, so that unauthenticated clients cannot fill the service log.
+	s := mqtt.New(&mqtt.Options{InlineClient: true, Capabilities: caps,
+		Logger: slog.New(minLevel{logger.Handler(), slog.LevelError})})
 	if err := s.AddHook(&topicACL{svc: svc}, nil); err != nil {
 		return nil, fmt.Errorf("broker: %w", err)
 	}

@@ -160,9 +160,12 @@ func ValidID(id string) error {
 		c := id[i]
 		switch {
 		case c >= 'a' && c <= 'z', c >= 'A' && c <= 'Z', c >= '0' && c <= '9':
-		case (c == '.' || c == '_' || c == '-') && i > 0:
+		case c == '.' || c == '_' || c == '-':
+			if i == 0 {
+				return fmt.Errorf("id %q: must start with a letter or digit", id)
+			}
 		default:
-			return fmt.Errorf("id %q: character %q not allowed (use A-Z a-z 0-9 . _ -, starting with a letter or digit)", id, c)
+			return fmt.Errorf("id %q: character %q not allowed (use A-Z a-z 0-9 . _ -)", id, c)
 		}
 	}
 	return nil

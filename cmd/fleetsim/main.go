@@ -19,8 +19,9 @@ func main() {
 	}
 	flag.Parse()
 	fmt.Fprint(os.Stderr, `fleetsim: the fleet simulator is not built yet.
-What works today is the wire protocol: go test ./protocol
-and its specification: protocol/README.md
+What works today: the management service (go run ./cmd/mdm-broker serve, see
+README "Running the service"), a test device (go run ./scripts/testdevice),
+and the wire protocol with its specification (protocol/README.md).
 `)
 	os.Exit(1)
 }

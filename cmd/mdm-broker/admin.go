@@ -23,15 +23,16 @@ import (
 
 // adminClient calls a running mdm-broker's admin API.
 type adminClient struct {
-	base  string
-	token string
-	http  *http.Client
+	base      string
+	token     string
+	tokenFile string
+	http      *http.Client
 }
 
 // adminFlags adds the flags every admin command shares and returns a
 // function that builds the client once they are parsed.
 func adminFlags(fs *flag.FlagSet) (func() (*adminClient, error), *bool) {
-	addr := fs.String("admin", "http://127.0.0.1:8440", "URL of the admin API of the running mdm-broker")
+	addr := fs.String("admin", "http://127.0.0.1:8440", "admin API of the running mdm-broker: a URL, or host:port as given to serve --admin")
 	data := fs.String("data", "", "data directory of the running mdm-broker, where admin.token is (default as for serve)")
 	tokenFile := fs.String("admin-token", "", "file holding the admin token (default DATA/admin.token)")
 	asJSON := fs.Bool("json", false, "print the answer as JSON instead of a table")
@@ -48,7 +49,11 @@ func adminFlags(fs *flag.FlagSet) (func() (*adminClient, error), *bool) {
 		if err != nil {
 			return nil, fmt.Errorf("admin token: %w (is mdm-broker serve running with this --data? or pass --admin-token FILE)", err)
 		}
-		return &adminClient{base: strings.TrimRight(*addr, "/"), token: strings.TrimSpace(string(b)),
+		base := strings.TrimRight(*addr, "/")
+		if !strings.Contains(base, "://") {
+			base = "http://" + base
+		}
+		return &adminClient{base: base, token: strings.TrimSpace(string(b)), tokenFile: path,
 			http: &http.Client{Timeout: 30 * time.Second}}, nil
 	}, asJSON
 }
@@ -77,6 +82,9 @@ func (c *adminClient) do(ctx context.Context, method, path string, body, out any
 	b, err := io.ReadAll(io.LimitReader(resp.Body, 64<<20))
 	if err != nil {
 		return err
+	}
+	if resp.StatusCode == http.StatusUnauthorized {
+		return fmt.Errorf("the service refused the admin token in %s: is it the token of the service at %s? (--data DIR or --admin-token FILE choose the file)", c.tokenFile, c.base)
 	}
 	if resp.StatusCode != http.StatusOK {
 		var e struct {
@@ -156,7 +164,7 @@ var adminCommands = map[string]adminCommand{
 			})
 		}
 	}},
-	"profile add": {"profile add AUTHORITY TYPE NAME [--set key=value ...]", 3, func(fs *flag.FlagSet) func(context.Context, *adminClient, []string, bool) error {
+	"profile add": {"profile add AUTHORITY TYPE NAME [--set key=value ...]   (authority: intune, office365; type: email, vpn, certificate, wifi, configuration, compliance)", 3, func(fs *flag.FlagSet) func(context.Context, *adminClient, []string, bool) error {
 		set := fs.StringArray("set", nil, "a setting, key=value; repeat for several")
 		return func(ctx context.Context, c *adminClient, args []string, asJSON bool) error {
 			settings := map[string]string{}
@@ -197,7 +205,7 @@ var adminCommands = map[string]adminCommand{
 	}},
 	"devices list": {"devices list [--authority A] [--platform P] [--state S] [--needs-support]", 0, func(fs *flag.FlagSet) func(context.Context, *adminClient, []string, bool) error {
 		authority := fs.String("authority", "", "only devices on this authority")
-		platform := fs.String("platform", "", "only devices of this platform")
+		platform := fs.String("platform", "", "only devices of this platform: ios, ipados, macos, android, windows")
 		state := fs.String("state", "", "only devices in this state (enrolled, wiped, retired, unenrolled)")
 		support := fs.Bool("needs-support", false, "only userless devices left on the previous authority")
 		return func(ctx context.Context, c *adminClient, _ []string, asJSON bool) error {
@@ -240,7 +248,7 @@ var adminCommands = map[string]adminCommand{
 			return err
 		}
 	}},
-	"devices migrate": {"devices migrate ID", 1, func(*flag.FlagSet) func(context.Context, *adminClient, []string, bool) error {
+	"devices migrate": {"devices migrate ID   (a userless device left on the previous authority)", 1, func(*flag.FlagSet) func(context.Context, *adminClient, []string, bool) error {
 		return func(ctx context.Context, c *adminClient, args []string, asJSON bool) error {
 			var d broker.Device
 			return show(ctx, c, "POST", "/v1/devices/"+url.PathEscape(args[0])+"/migrate", nil, &d, asJSON, func(w io.Writer) {
@@ -284,6 +292,9 @@ func init() {
 		adminCommands["device "+action] = adminCommand{"device " + action + " ID", 1, func(fs *flag.FlagSet) func(context.Context, *adminClient, []string, bool) error {
 			message := fs.String("message", "", "message shown on the lock screen (lock only)")
 			return func(ctx context.Context, c *adminClient, args []string, asJSON bool) error {
+				if *message != "" && kind != "remote_lock" {
+					return fmt.Errorf("--message goes with device lock only")
+				}
 				var cmd broker.Command
 				return show(ctx, c, "POST", "/v1/devices/"+url.PathEscape(args[0])+"/commands", map[string]string{"action": kind, "message": *message}, &cmd, asJSON, func(w io.Writer) {
 					fmt.Fprintf(w, "command\t%s %s\ndevice\t%s\nstate\t%s (delivered at its next check-in; a push asks for it)\n", cmd.Action, cmd.ID, cmd.Device, cmd.State)
@@ -359,6 +370,21 @@ func runAdmin(args []string) (bool, error) {
 		return true, err
 	}
 	return true, run(context.Background(), c, fs.Args(), *asJSON)
+}
+
+// adminGroup reports whether word starts some admin command.
+func adminGroup(word string) bool { return adminUsageFor(word) != "" }
+
+// adminUsageFor lists the usage of the admin commands starting with word.
+func adminUsageFor(word string) string {
+	var lines []string
+	for name, c := range adminCommands {
+		if strings.HasPrefix(name, word+" ") {
+			lines = append(lines, "  mdm-broker "+c.usage)
+		}
+	}
+	sort.Strings(lines)
+	return strings.Join(lines, "\n")
 }
 
 // adminUsage lists the admin commands for the main usage text.

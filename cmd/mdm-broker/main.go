@@ -29,7 +29,8 @@ import (
 const usageHead = `Usage: mdm-broker <command> [flags]
 
 Run the service:
-  serve [--data DIR] [--mqtt ADDR] [--admin ADDR] [--push-rate N]
+  serve [--data DIR] [--tenant ID] [--mqtt ADDR] [--mqtt-name NAME ...]
+        [--admin ADDR] [--push-rate N] [--cert-validity D] [-v]
 
 Administer a running service (tables by default, --json for JSON; the
 admin token is read from DATA/admin.token):
@@ -43,9 +44,13 @@ Add --help to any command for its flags.
 func usage() string { return usageHead + adminUsage() + usageTail }
 
 func main() {
-	if len(os.Args) < 2 || os.Args[1] == "-h" || os.Args[1] == "--help" || os.Args[1] == "help" {
+	if len(os.Args) < 2 {
 		fmt.Fprint(os.Stderr, usage())
 		os.Exit(2)
+	}
+	if os.Args[1] == "-h" || os.Args[1] == "--help" || os.Args[1] == "help" {
+		fmt.Print(usage())
+		return
 	}
 	if os.Args[1] == "serve" {
 		if err := serve(os.Args[2:]); err != nil {
@@ -55,6 +60,10 @@ func main() {
 		return
 	}
 	ran, err := runAdmin(os.Args[1:])
+	if !ran && adminGroup(os.Args[1]) {
+		fmt.Fprintf(os.Stderr, "mdm-broker %s: name a subcommand:\n%s\n", os.Args[1], adminUsageFor(os.Args[1]))
+		os.Exit(2)
+	}
 	if !ran {
 		fmt.Fprintf(os.Stderr, "mdm-broker: unknown command %q\n\n%s", strings.Join(os.Args[1:min(3, len(os.Args))], " "), usage())
 		os.Exit(2)
@@ -83,7 +92,9 @@ func serve(args []string) error {
 	data := fs.String("data", "", "directory of the store, the CA and the token files (default $XDG_STATE_HOME/mdm-broker or ~/.local/state/mdm-broker)")
 	tenant := fs.String("tenant", "default", "tenant id, as it appears in the MQTT topics")
 	mqttAddr := fs.String("mqtt", "127.0.0.1:8883", "address of MQTT over TLS")
-	adminAddr := fs.String("admin", "127.0.0.1:8440", "address of the admin HTTP API (keep it on loopback)")
+	mqttNames := fs.StringArray("mqtt-name", nil, "a host name or IP address devices use to reach the service, added to its TLS certificate (repeat for several; localhost and loopback are always in)")
+	adminAddr := fs.String("admin", "127.0.0.1:8440", "address of the admin HTTP API (plain HTTP: loopback only unless --admin-allow-remote)")
+	allowRemote := fs.Bool("admin-allow-remote", false, "let the admin API listen on a non-loopback address (put a TLS proxy in front of it)")
 	pushRate := fs.Int("push-rate", 500, "most check-in pushes sent per second during a fan-out")
 	validity := fs.Duration("cert-validity", 365*24*time.Hour, "lifetime of the device certificates the service issues")
 	verbose := fs.BoolP("verbose", "v", false, "log at debug level")
@@ -95,6 +106,9 @@ func serve(args []string) error {
 			return nil
 		}
 		return err
+	}
+	if fs.NArg() > 0 {
+		return fmt.Errorf("unexpected argument %q: give the data directory with --data", fs.Arg(0))
 	}
 	level := slog.LevelInfo
 	if *verbose {
@@ -109,7 +123,8 @@ func serve(args []string) error {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	return broker.RunServer(ctx, broker.ServerConfig{
-		DataDir: dir, Tenant: *tenant, MQTTAddr: *mqttAddr, AdminAddr: *adminAddr,
+		DataDir: dir, Tenant: *tenant, MQTTAddr: *mqttAddr, MQTTNames: *mqttNames,
+		AdminAddr: *adminAddr, AdminAllowRemote: *allowRemote,
 		PushRate: *pushRate, CertValidity: *validity, Logger: logger,
 		Ready: func(i broker.ServerInfo) {
 			fmt.Printf(`mdm-broker serving tenant %q

@@ -16,6 +16,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -81,7 +82,13 @@ func run() error {
 	if *user == "" {
 		typ = protocol.EnrollBulk
 	}
-	tlsCfg := &tls.Config{RootCAs: roots, MinVersion: tls.VersionTLS12, ServerName: "localhost"}
+	host, _, err := net.SplitHostPort(*addr)
+	if err != nil {
+		return fmt.Errorf("--mqtt %q: want host:port", *addr)
+	}
+	// The name checked against the service's TLS certificate: the host
+	// dialled (serve --mqtt-name adds names to the certificate).
+	tlsCfg := &tls.Config{RootCAs: roots, MinVersion: tls.VersionTLS12, ServerName: host}
 
 	// Enrollment: client id enroll-<request>, the token as password.
 	body, err := roundTrip(*addr, tlsCfg, protocol.EnrollClientPrefix+request, strings.TrimSpace(string(token)),
@@ -127,7 +134,11 @@ func roundTrip(addr string, cfg *tls.Config, clientID, password, in, out, device
 	}
 	c := paho.NewClient(opts)
 	if tok := c.Connect(); !tok.WaitTimeout(15*time.Second) || tok.Error() != nil {
-		return nil, fmt.Errorf("connect to %s as %s: %v", addr, clientID, tok.Error())
+		hint := "is the service running there?"
+		if tok.Error() != nil && strings.Contains(tok.Error().Error(), "Authorized") {
+			hint = "the service refused the credentials: a wrong or rotated enrollment token, or a device it no longer manages"
+		}
+		return nil, fmt.Errorf("connect to %s as %s: %v (%s)", addr, clientID, tok.Error(), hint)
 	}
 	defer c.Disconnect(100)
 	if tok := c.Subscribe(in, 1, func(_ paho.Client, m paho.Message) {
@@ -146,7 +157,7 @@ func roundTrip(addr string, cfg *tls.Config, clientID, password, in, out, device
 		return nil, err
 	}
 	if tok := c.Publish(out, 1, false, payload); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
-		return nil, fmt.Errorf("publish %s: %v", out, tok.Error())
+		return nil, fmt.Errorf("publish %s: %v (the service closes the connection on a topic that is not the client's own: is --tenant the service's tenant?)", out, tok.Error())
 	}
 	deadline := time.After(30 * time.Second)
 	for {
