@@ -138,6 +138,9 @@ func (v *validator) settings(s Settings) {
 	for i, kv := range s {
 		v.text("profiles[].settings key", kv.Key, 1, MaxShortText)
 		v.text("profiles[].settings value", kv.Value, 0, MaxMessageText)
+		if v.decoded {
+			continue // the reader refused duplicate keys already
+		}
 		for _, prev := range s[:i] {
 			if prev.Key == kv.Key {
 				v.fail("profiles[].settings", fmt.Sprintf("key %q listed twice", kv.Key))
