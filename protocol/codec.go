@@ -293,7 +293,28 @@ func (e *Envelope) validate(decoded bool) error {
 		return err
 	}
 	v := validator{decoded: decoded}
-	e.Body.validate(&v)
+	// Concrete calls, not the interface method: through an interface the
+	// validator would escape to the heap on every message.
+	switch b := e.Body.(type) {
+	case *EnrollRequest:
+		b.validate(&v)
+	case *EnrollResponse:
+		b.validate(&v)
+	case *CheckIn:
+		b.validate(&v)
+	case *CheckInResponse:
+		b.validate(&v)
+	case *Push:
+		b.validate(&v)
+	case *Command:
+		b.validate(&v)
+	case *CommandResult:
+		b.validate(&v)
+	case *ComplianceReport:
+		b.validate(&v)
+	case *Unenroll:
+		b.validate(&v)
+	}
 	return v.err
 }
 
