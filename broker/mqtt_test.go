@@ -13,6 +13,28 @@ import (
 	"github.com/mdm-authority/mdm/protocol"
 )
 
+// newTestBroker starts an embedded broker for h's service, with a TLS
+// listener on a free loopback port when withTLS is set (its address is
+// returned), and stops it at the end of the test.
+func newTestBroker(t *testing.T, h *harness, withTLS bool) (*Broker, net.Addr) {
+	t.Helper()
+	b, err := NewBroker(h.svc, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var addr net.Addr
+	if withTLS {
+		if addr, err = b.ListenTLS("127.0.0.1:0", []string{"localhost"}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := b.Serve(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { b.Close() })
+	return b, addr
+}
+
 // pahoClient connects a real MQTT client to the embedded broker over
 // net.Pipe, the in-memory transport, and returns it with the channel of
 // the messages it receives.
@@ -89,14 +111,7 @@ func receive[T protocol.Body](t *testing.T, msgs chan paho.Message, topic string
 // and the access rules that keep it to its own topics.
 func TestOverMQTT(t *testing.T) {
 	h := newHarness(t)
-	b, err := NewBroker(h.svc, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := b.Serve(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { b.Close() })
+	b, _ := newTestBroker(t, h, false)
 	if _, _, err := h.svc.SetAuthority(ModeOffice365); err != nil {
 		t.Fatal(err)
 	}
@@ -171,12 +186,7 @@ func TestOverMQTT(t *testing.T) {
 // tick, and that pushes reach the devices.
 func TestFanOutRate(t *testing.T) {
 	h := newHarness(t)
-	b, err := NewBroker(h.svc, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	b.Serve()
-	t.Cleanup(func() { b.Close() })
+	b, _ := newTestBroker(t, h, false)
 	mustDo(t, h.svc.SetAuthority, ModeOffice365)
 	var devs []*testDevice
 	for range 25 {
@@ -262,12 +272,7 @@ func (d *mqttDevice) checkIn() *protocol.CheckInResponse {
 // acknowledged by the device.
 func TestMigrationOverMQTT(t *testing.T) {
 	h := newHarness(t)
-	b, err := NewBroker(h.svc, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	b.Serve()
-	t.Cleanup(func() { b.Close() })
+	b, _ := newTestBroker(t, h, false)
 	mustDo(t, h.svc.SetAuthority, ModeOffice365)
 	h.svc.UploadAPNs(protocol.AuthorityOffice365, true)
 	put(t, h, protocol.AuthorityOffice365, protocol.ProfileEmail, "Corp Mail")

@@ -55,18 +55,7 @@ func dialTLS(t *testing.T, h *harness, addr, clientID, password string, cert *tl
 
 func TestTLSListenerAuthentication(t *testing.T) {
 	h := newHarness(t)
-	b, err := NewBroker(h.svc, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr, err := b.ListenTLS("127.0.0.1:0", []string{"localhost", "127.0.0.1"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := b.Serve(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { b.Close() })
+	_, addr := newTestBroker(t, h, true)
 	mustDo(t, h.svc.SetAuthority, ModeIntune)
 	dev, cert := enrollWithKey(t, h, protocol.PlatformWindows)
 	_, otherCert := enrollWithKey(t, h, protocol.PlatformAndroid)
@@ -104,16 +93,7 @@ func TestTLSListenerAuthentication(t *testing.T) {
 // would publish it without an access check) and drops retained messages.
 func TestNoWillsNoRetained(t *testing.T) {
 	h := newHarness(t)
-	b, err := NewBroker(h.svc, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr, err := b.ListenTLS("127.0.0.1:0", []string{"localhost"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	b.Serve()
-	t.Cleanup(func() { b.Close() })
+	_, addr := newTestBroker(t, h, true)
 	mustDo(t, h.svc.SetAuthority, ModeIntune)
 	victim := h.mustEnroll(protocol.PlatformWindows, "bob@contoso.example")
 
