@@ -100,24 +100,26 @@ func (a *FileApplier) Remove(p Profile) error {
 // differs in content or mode, removes every other *.json file under Dir and
 // the leftover temporary files of interrupted writes, and then the empty
 // directories. Files of other kinds are left alone. It carries on past
-// errors, so that one unreadable file does not stop the repair of the
-// others, and returns them all.
+// errors, so that one bad profile or unreadable file does not stop the
+// repair of the others, and returns them all.
 func (a *FileApplier) Reconcile(installed []Profile) error {
+	var errs []error
 	want := make(map[string]Profile, len(installed))
 	paths := make([]string, 0, len(installed))
 	for _, p := range installed {
 		path, err := a.path(p)
 		if err != nil {
-			return fmt.Errorf("reconcile profiles: %w", err)
+			errs = append(errs, err)
+			continue
 		}
-		if _, dup := want[path]; dup {
-			return fmt.Errorf("reconcile profiles: %s profile %q of %s is listed twice; pass each profile once", p.Type, p.Name, p.Authority)
+		if _, dup := want[path]; !dup {
+			paths = append(paths, path)
 		}
+		// The later of two entries for one file wins, as installing them in
+		// order would leave it.
 		want[path] = p
-		paths = append(paths, path)
 	}
 
-	var errs []error
 	var dirs []string
 	current := make(map[string]bool, len(installed))
 	// The trailing separator makes the walk follow Dir itself if it is a

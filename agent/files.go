@@ -13,12 +13,23 @@ import (
 	"time"
 )
 
-// Clock tells the time. Tests and the simulator pass their own.
-type Clock interface{ Now() time.Time }
+// Clock tells the time and makes timers; the agent never reads the time
+// otherwise. Tests pass a fake one that they advance.
+type Clock interface {
+	Now() time.Time
+	// NewTimer returns a channel that receives the time once d has passed
+	// on this clock, and a function that stops the timer.
+	NewTimer(d time.Duration) (<-chan time.Time, func())
+}
 
 type realClock struct{}
 
 func (realClock) Now() time.Time { return time.Now() }
+
+func (realClock) NewTimer(d time.Duration) (<-chan time.Time, func()) {
+	t := time.NewTimer(d)
+	return t.C, func() { t.Stop() }
+}
 
 // ErrNotEnrolled means the state directory holds no enrolled device.
 var ErrNotEnrolled = errors.New("this device is not enrolled: run mdm-agent enroll first")

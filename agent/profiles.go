@@ -2,6 +2,7 @@ package agent
 
 import (
 	"cmp"
+	"fmt"
 	"slices"
 	"time"
 
@@ -40,6 +41,17 @@ func (k ChangeKind) String() string {
 
 // MarshalText implements encoding.TextMarshaler for JSON output.
 func (k ChangeKind) MarshalText() ([]byte, error) { return []byte(k.String()), nil }
+
+// UnmarshalText implements encoding.TextUnmarshaler.
+func (k *ChangeKind) UnmarshalText(b []byte) error {
+	for i, n := range changeKindNames {
+		if i > 0 && n == string(b) {
+			*k = ChangeKind(i)
+			return nil
+		}
+	}
+	return fmt.Errorf("unknown profile change %q", b)
+}
 
 // Change is one change to the installed profiles.
 type Change struct {

@@ -163,7 +163,10 @@ func Run(ctx context.Context, opts Options) error {
 	g.Go(func() error { return r.connector(gctx, ep, connect) })
 	g.Go(func() error {
 		defer cancel()
-		return r.loop(gctx, connect)
+		if err := r.loop(gctx, connect); !errors.Is(err, errLoopDone) {
+			return err
+		}
+		return nil
 	})
 	err = g.Wait()
 	r.disconnect()
@@ -251,72 +254,79 @@ func (r *runner) loop(ctx context.Context, connect chan<- struct{}) error {
 	if err := r.do(ctx, r.core.Start(r.now())); err != nil {
 		return err
 	}
-	timer := time.NewTimer(time.Hour)
-	defer timer.Stop()
 	for {
-		wake := r.core.NextWake()
-		if !timer.Stop() {
-			select {
-			case <-timer.C:
-			default:
-			}
+		var timer <-chan time.Time
+		stopTimer := func() {}
+		if wake := r.core.NextWake(); !wake.IsZero() {
+			timer, stopTimer = r.opts.Clock.NewTimer(max(wake.Sub(r.now()), 0))
 		}
-		if !wake.IsZero() {
-			timer.Reset(max(wake.Sub(r.now()), 0))
-		}
-		var out Output
-		select {
-		case <-ctx.Done():
-			r.failWaiters(errors.New("the agent is stopping"))
-			return nil
-		case <-timer.C:
-			r.refreshFacts(false)
-			out = r.core.Tick(r.now())
-		case ev := <-r.events:
-			switch ev.kind {
-			case evConnected:
-				r.setSession(ev.session)
-				r.log.Info("connected to the service", "broker", r.core.State().Broker)
-				r.refreshFacts(false)
-				out = r.core.Connected(r.now())
-			case evLost:
-				if r.currentSession() != ev.session {
-					continue
-				}
-				r.setSession(nil)
-				r.core.Disconnected(r.now())
-				r.log.Warn("connection to the service lost; reconnecting", "err", ev.err)
-				select {
-				case connect <- struct{}{}:
-				default: // an attempt is already asked for
-				}
-			case evMessage:
-				if r.currentSession() != ev.session {
-					continue
-				}
-				env, err := r.admit(ev.topic, ev.payload)
-				if err != nil {
-					r.log.Warn("dropped a message from the service", "topic", ev.topic, "err", err)
-					continue
-				}
-				out = r.core.Receive(r.now(), env)
-			case evPublished:
-				out = r.core.Published(ev.env)
-			case evLockDone:
-				status, msg := protocol.CommandDone, ""
-				if ev.err != nil {
-					status, msg = protocol.CommandFailed, ev.err.Error()
-				}
-				out = r.core.Finish(r.now(), ev.id, status, msg)
-			}
-		case req := <-r.local:
-			out = r.serveLocal(req)
+		out, err := r.step(ctx, timer, connect)
+		stopTimer()
+		if err != nil {
+			return err
 		}
 		if err := r.do(ctx, out); err != nil {
 			return err
 		}
 	}
 }
+
+// step waits for the next thing to happen and hands it to the core;
+// errLoopDone ends the loop.
+func (r *runner) step(ctx context.Context, timer <-chan time.Time, connect chan<- struct{}) (Output, error) {
+	var out Output
+	select {
+	case <-ctx.Done():
+		r.failWaiters(errors.New("the agent is stopping"))
+		return out, errLoopDone
+	case <-timer:
+		r.refreshFacts(false)
+		out = r.core.Tick(r.now())
+	case ev := <-r.events:
+		switch ev.kind {
+		case evConnected:
+			r.setSession(ev.session)
+			r.log.Info("connected to the service", "broker", r.core.State().Broker)
+			r.refreshFacts(false)
+			out = r.core.Connected(r.now())
+		case evLost:
+			if r.currentSession() != ev.session {
+				break
+			}
+			r.setSession(nil)
+			r.core.Disconnected(r.now())
+			r.log.Warn("connection to the service lost; reconnecting", "err", ev.err)
+			select {
+			case connect <- struct{}{}:
+			default: // an attempt is already asked for
+			}
+		case evMessage:
+			if r.currentSession() != ev.session {
+				break
+			}
+			env, err := r.admit(ev.topic, ev.payload)
+			if err != nil {
+				r.log.Warn("dropped a message from the service", "topic", ev.topic, "err", err)
+				break
+			}
+			out = r.core.Receive(r.now(), env)
+		case evPublished:
+			out = r.core.Published(ev.env)
+		case evLockDone:
+			status, msg := protocol.CommandDone, ""
+			if ev.err != nil {
+				status, msg = protocol.CommandFailed, ev.err.Error()
+			}
+			out = r.core.Finish(r.now(), ev.id, status, msg)
+		}
+	case req := <-r.local:
+		out = r.serveLocal(req)
+	}
+	return out, nil
+}
+
+// errLoopDone ends the loop when the context is cancelled.
+var errLoopDone = errors.New("agent stopping")
 
 func (r *runner) now() time.Time { return r.opts.Clock.Now() }
 
@@ -439,7 +449,11 @@ func (r *runner) do(ctx context.Context, out Output) error {
 		if err := r.apply(ch); err != nil {
 			r.log.Error("cannot apply profile change; it is retried at the next start", "change", ch.Kind, "profile", ch.Profile.Name, "err", err)
 		} else {
-			r.log.Info("profile "+ch.Kind.String(), "type", ch.Profile.Type, "name", ch.Profile.Name, "authority", ch.Profile.Authority, "retain_until", ch.Profile.RetainUntil)
+			attrs := []any{"type", ch.Profile.Type, "name", ch.Profile.Name, "authority", ch.Profile.Authority, "version", ch.Profile.Version}
+			if ch.Profile.Retained() {
+				attrs = append(attrs, "retain_until", ch.Profile.RetainUntil)
+			}
+			r.log.Info("profile "+ch.Kind.String(), attrs...)
 		}
 	}
 	if out.Lock != nil {

@@ -37,7 +37,7 @@ func WriteFileAtomic(path string, data []byte, perm os.FileMode) error {
 	if err != nil {
 		return fmt.Errorf("write %s: %w", path, err)
 	}
-	if err := writeTemp(f, data, perm); err != nil {
+	if err := writeAtomicTemp(f, data, perm); err != nil {
 		f.Close()
 		os.Remove(f.Name())
 		return fmt.Errorf("write %s: %w", path, err)
@@ -54,9 +54,9 @@ func WriteFileAtomic(path string, data []byte, perm os.FileMode) error {
 	return nil
 }
 
-// writeTemp gives the temporary file its mode and content and makes both
+// writeAtomicTemp gives the temporary file its mode and content and makes both
 // durable before the rename exposes them; it closes f on success.
-func writeTemp(f *os.File, data []byte, perm os.FileMode) error {
+func writeAtomicTemp(f *os.File, data []byte, perm os.FileMode) error {
 	// CreateTemp uses 0600; Chmod, unlike the mode given to open, ignores the
 	// umask, so other readers get exactly what the caller asked for.
 	if err := f.Chmod(perm); err != nil {

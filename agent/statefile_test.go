@@ -53,7 +53,7 @@ func TestWriteFileAtomic(t *testing.T) {
 			if info.Mode().Perm() != tt.perm {
 				t.Errorf("mode = %v; want %v", info.Mode().Perm(), tt.perm)
 			}
-			assertOnlyFiles(t, dir, base)
+			assertDirHolds(t, dir, base)
 		})
 	}
 }
@@ -75,7 +75,7 @@ func TestWriteFileAtomicErrors(t *testing.T) {
 	if err := WriteFileAtomic(target, []byte("x"), 0o600); err == nil || !strings.Contains(err.Error(), target) {
 		t.Errorf("WriteFileAtomic(%q) = %v; want an error naming the path", target, err)
 	}
-	assertOnlyFiles(t, dir, "taken")
+	assertDirHolds(t, dir, "taken")
 }
 
 func TestIsAtomicTemp(t *testing.T) {
@@ -101,8 +101,8 @@ func TestIsAtomicTemp(t *testing.T) {
 	}
 }
 
-// assertOnlyFiles fails t unless dir holds exactly the named entries.
-func assertOnlyFiles(t *testing.T, dir string, names ...string) {
+// assertDirHolds fails t unless dir holds exactly the named entries.
+func assertDirHolds(t *testing.T, dir string, names ...string) {
 	t.Helper()
 	entries, err := os.ReadDir(dir)
 	if err != nil {
