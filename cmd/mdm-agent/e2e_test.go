@@ -266,4 +266,3 @@ func profileFiles(t *testing.T, dir string) []string {
 	slices.Sort(names)
 	return names
 }
-
