@@ -78,7 +78,7 @@ type service struct {
 	clock  *fakeClock
 }
 
-func startService(t *testing.T, clock *fakeClock) *service {
+func startService(t *testing.T, clock *fakeClock, configure ...func(*broker.Options)) *service {
 	t.Helper()
 	dir := t.TempDir()
 	store, err := broker.OpenStore(filepath.Join(dir, "mdm.db"))
@@ -90,7 +90,11 @@ func startService(t *testing.T, clock *fakeClock) *service {
 	if err != nil {
 		t.Fatal(err)
 	}
-	svc, err := broker.NewService(store, ca, broker.Options{Tenant: "default", Clock: clock})
+	opts := broker.Options{Tenant: "default", Clock: clock}
+	for _, fn := range configure {
+		fn(&opts)
+	}
+	svc, err := broker.NewService(store, ca, opts)
 	if err != nil {
 		t.Fatal(err)
 	}
