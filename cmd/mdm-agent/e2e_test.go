@@ -75,6 +75,7 @@ type service struct {
 	url    string
 	token  string
 	roots  *x509.CertPool
+	caDER  []byte
 	clock  *fakeClock
 }
 
@@ -120,7 +121,7 @@ func startService(t *testing.T, clock *fakeClock, configure ...func(*broker.Opti
 	}
 	roots := x509.NewCertPool()
 	roots.AddCert(caCert)
-	return &service{svc: svc, broker: b, url: "mqtts://" + addr.String(), token: token, roots: roots, clock: clock}
+	return &service{svc: svc, broker: b, url: "mqtts://" + addr.String(), token: token, roots: roots, caDER: ca.CertificateDER(), clock: clock}
 }
 
 // runningAgent is an agent enrolled with the service and running.

@@ -88,7 +88,7 @@ func TestWipeAndRetire(t *testing.T) {
 			case <-time.After(30 * time.Second):
 				t.Fatal("the agent did not stop after the command")
 			}
-			if d := deviceOf(t, s, a.id); d.Managed() {
+			if d := deviceOf(t, s, a.id); d.State == broker.DeviceEnrolled {
 				t.Errorf("the service still manages the device (%s)", d.State)
 			}
 			if files := profileFiles(t, a.dir); len(files) != 0 {
