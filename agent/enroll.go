@@ -69,7 +69,9 @@ func Enroll(ctx context.Context, o EnrollOptions) (*State, error) {
 	if st, err := files.load(); err == nil && st.Stopped == "" {
 		return nil, fmt.Errorf("%w (device %s): run mdm-agent unenroll first, or use another --state", ErrEnrolled, st.Device)
 	}
-	if err := os.MkdirAll(o.Dir, 0o700); err != nil {
+	// Readable by all: tools on the device read the profile files under
+	// it. The key, the state and the socket inside are owner-only.
+	if err := os.MkdirAll(o.Dir, 0o755); err != nil {
 		return nil, fmt.Errorf("state directory: %w", err)
 	}
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)

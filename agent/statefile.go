@@ -54,8 +54,8 @@ func WriteFileAtomic(path string, data []byte, perm os.FileMode) error {
 	return nil
 }
 
-// writeAtomicTemp gives the temporary file its mode and content and makes both
-// durable before the rename exposes them; it closes f on success.
+// writeAtomicTemp gives the temporary file its mode and content and makes
+// both durable before the rename exposes them; it closes f on success.
 func writeAtomicTemp(f *os.File, data []byte, perm os.FileMode) error {
 	// CreateTemp uses 0600; Chmod, unlike the mode given to open, ignores the
 	// umask, so other readers get exactly what the caller asked for.
