@@ -16,9 +16,10 @@ import (
 	"github.com/mdm-authority/mdm/protocol"
 )
 
-// keepAlive is the MQTT keep-alive: an idle agent sends a ping this often,
-// and the broker notices a dead connection within one and a half of it.
-const keepAlive = 60 * time.Second
+// tcpKeepAlive makes the kernel probe an idle connection after a minute,
+// every 15 s, and drop it after 4 unanswered probes: a dead connection is
+// noticed within two minutes without waking the process.
+var tcpKeepAlive = net.KeepAliveConfig{Enable: true, Idle: time.Minute, Interval: 15 * time.Second, Count: 4}
 
 // opTimeout bounds each MQTT operation (connect, subscribe, publish).
 const opTimeout = 30 * time.Second
@@ -57,6 +58,10 @@ type sessionConfig struct {
 	clientID string
 	username string
 	password string
+	// keepAlive is the MQTT keep-alive; zero leaves it off and relies on
+	// TCP keep-alive, which costs the idle process no wakeups (paho checks
+	// its MQTT keep-alive every 5 seconds).
+	keepAlive time.Duration
 	// onLost is called when an established connection drops.
 	onLost func(error)
 }
@@ -78,7 +83,8 @@ func (s *session) connect(ctx context.Context, sc sessionConfig) error {
 	cfg.MinVersion = tls.VersionTLS12
 	opts := paho.NewClientOptions().AddBroker(addr).SetClientID(sc.clientID).SetTLSConfig(cfg).
 		SetCleanSession(true).SetAutoReconnect(false).SetConnectRetry(false).
-		SetKeepAlive(keepAlive).SetPingTimeout(10 * time.Second).SetConnectTimeout(opTimeout).
+		SetKeepAlive(sc.keepAlive).SetPingTimeout(10 * time.Second).SetConnectTimeout(opTimeout).
+		SetDialer(&net.Dialer{Timeout: opTimeout, KeepAliveConfig: tcpKeepAlive}).
 		SetWriteTimeout(opTimeout).SetOrderMatters(false)
 	if sc.username != "" {
 		opts.SetUsername(sc.username).SetPassword(sc.password)

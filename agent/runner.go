@@ -38,6 +38,11 @@ type Options struct {
 	// LockCommand, when set, is run on a remote lock, with the lock-screen
 	// message in MDM_LOCK_MESSAGE; its exit status decides the result.
 	LockCommand []string
+	// MQTTKeepAlive is the MQTT keep-alive interval. Zero leaves it off:
+	// TCP keep-alive in the kernel then finds dead connections (within two
+	// minutes) without waking the idle agent, which paho's keep-alive
+	// check does every 5 seconds. Set it for brokers that require one.
+	MQTTKeepAlive time.Duration
 }
 
 // reconnect backoff: from one second up to five minutes.
@@ -209,7 +214,7 @@ func (r *runner) connector(ctx context.Context, ep endpoint, connect <-chan stru
 		for attempt := 1; ; attempt++ {
 			s := new(session)
 			err := s.connect(ctx, sessionConfig{
-				broker: ep.broker, tls: r.tls.get(), clientID: ep.device,
+				broker: ep.broker, tls: r.tls.get(), clientID: ep.device, keepAlive: r.opts.MQTTKeepAlive,
 				onLost: func(err error) { r.send(ctx, event{kind: evLost, session: s, err: err}) },
 			})
 			if err == nil {

@@ -126,6 +126,7 @@ func daemon(ctx context.Context, args []string, _, stderr io.Writer) error {
 	passcode := c.fs.Bool("passcode", false, "without --facts: the device has a passcode (screen lock)")
 	encrypted := c.fs.Bool("encrypted", false, "without --facts: the device's storage is encrypted")
 	lockCmd := c.fs.String("lock-command", "", "shell command run on a remote lock, with the message in $MDM_LOCK_MESSAGE (for example: loginctl lock-sessions)")
+	keepAlive := c.fs.Duration("mqtt-keepalive", 0, "MQTT keep-alive interval, such as 60s; 0 leaves it off and uses TCP keep-alive, which does not wake the idle agent (set it for a broker that requires one)")
 	verbose := c.fs.BoolP("verbose", "v", false, "log at debug level")
 	if err := c.parse(args, stderr); err != nil {
 		return err
@@ -137,7 +138,7 @@ func daemon(ctx context.Context, args []string, _, stderr io.Writer) error {
 		v, err := agent.ReadOSRelease(*osRelease)
 		return agent.Facts{OSVersion: v, Passcode: *passcode, Encrypted: *encrypted}, err
 	}
-	opts := agent.Options{Dir: *c.state, Logger: newLogger(stderr, *verbose), Facts: facts}
+	opts := agent.Options{Dir: *c.state, Logger: newLogger(stderr, *verbose), Facts: facts, MQTTKeepAlive: *keepAlive}
 	if *lockCmd != "" {
 		opts.LockCommand = []string{"/bin/sh", "-c", *lockCmd}
 	}

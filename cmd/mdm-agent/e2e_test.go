@@ -132,6 +132,8 @@ type runningAgent struct {
 	cancel context.CancelFunc
 	done   chan error
 	facts  *factsBox
+	// keepAlive is the MQTT keep-alive the agent runs with.
+	keepAlive time.Duration
 }
 
 type factsBox struct {
@@ -183,7 +185,7 @@ func (a *runningAgent) start(t *testing.T, s *service) {
 	ctx, cancel := context.WithCancel(context.Background())
 	a.cancel, a.done = cancel, make(chan error, 1)
 	go func() {
-		a.done <- agent.Run(ctx, agent.Options{Dir: a.dir, Clock: s.clock, Facts: a.facts.get,
+		a.done <- agent.Run(ctx, agent.Options{Dir: a.dir, Clock: s.clock, Facts: a.facts.get, MQTTKeepAlive: a.keepAlive,
 			Logger: slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelDebug}))})
 	}()
 	t.Cleanup(func() { a.stop(t) })

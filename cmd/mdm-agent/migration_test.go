@@ -120,6 +120,12 @@ func TestSyncAndCommands(t *testing.T) {
 	setAuthority(t, s, broker.ModeIntune)
 	a := enrollAgent(t, s, protocol.PlatformWindows, "ada@contoso.example")
 	waitFor(t, "the enrollment check-in", func() bool { return a.status(t).CheckIns >= 1 })
+	// The MQTT keep-alive, for brokers that require one, works as well.
+	if err := a.stop(t); err != nil {
+		t.Fatal(err)
+	}
+	a.keepAlive = 30 * time.Second
+	a.start(t, s)
 
 	put(t, s, protocol.AuthorityIntune, protocol.ProfileCompliance, "OS Minimum", protocol.Setting{Key: "min_os_version", Value: "15"})
 	res, err := a.client.Sync(context.Background())
