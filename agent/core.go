@@ -159,6 +159,13 @@ func (c *Core) Start(now time.Time) Output {
 		c.st.NextCheckIn = now
 		out.Persist = true
 	}
+	// A lock whose hook a restart interrupted runs again: locking twice
+	// is harmless, never reporting it is not.
+	for _, r := range c.st.Commands {
+		if r.Status == 0 && r.Action == protocol.CommandRemoteLock {
+			out.Lock = &protocol.Command{ID: r.ID, Action: r.Action, Message: r.Message}
+		}
+	}
 	out.merge(c.expire(now))
 	return out
 }
@@ -202,7 +209,8 @@ func (c *Core) Tick(now time.Time) Output {
 		if now.Sub(c.inflightAt) < ResponseTimeout {
 			return out
 		}
-		out.merge(c.failed(now, 0, fmt.Sprintf("no answer within %s", ResponseTimeout)))
+		manual := c.syncWanted && c.inflight == c.syncID
+		out.merge(c.failed(now, 0, fmt.Sprintf("no answer within %s", ResponseTimeout), manual))
 	}
 	if !c.online || !now.Before(c.st.CertNotAfter) {
 		return out
@@ -369,7 +377,7 @@ func (c *Core) response(now time.Time, m *protocol.CheckInResponse) Output {
 	manual := c.syncWanted && c.inflight == c.syncID
 	c.inflight = protocol.MessageID{}
 	if m.Error != protocol.CodeNone {
-		return c.failed(now, m.Error, m.Message)
+		return c.failed(now, m.Error, m.Message, manual)
 	}
 	out := Output{Persist: true}
 	st := c.st
@@ -463,8 +471,9 @@ func (c *Core) newRecords(o Output) []CommandRecord {
 }
 
 // failed records a failed check-in: refused with code, or unanswered when
-// code is zero, and schedules the retry.
-func (c *Core) failed(now time.Time, code protocol.ErrorCode, msg string) Output {
+// code is zero, and schedules the retry. manual says the check-in was a
+// manual sync's, whose caller is told.
+func (c *Core) failed(now time.Time, code protocol.ErrorCode, msg string, manual bool) Output {
 	st := c.st
 	c.inflight = protocol.MessageID{}
 	st.LastError, st.LastMessage = code, msg
@@ -481,7 +490,15 @@ func (c *Core) failed(now time.Time, code protocol.ErrorCode, msg string) Output
 		st.NextCheckIn = now.Add(Backoff(c.cfg.Rand, st.Failures, backoffBase, interval))
 	}
 	out := Output{Persist: true}
-	if c.syncWanted {
+	if c.pushedInFlight {
+		// The push may announce the end of the refusal (an APNs
+		// certificate uploaded): check in again rather than wait.
+		c.pushedInFlight = false
+		if c.want == 0 {
+			c.want, c.wantAt = protocol.CheckInPushed, later(now, c.lastPushed.Add(pushGap))
+		}
+	}
+	if manual {
 		if code == 0 {
 			code = protocol.CodeInternal
 		}

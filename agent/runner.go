@@ -116,6 +116,14 @@ func Run(ctx context.Context, opts Options) error {
 		return err
 	}
 	if st.Stopped != "" {
+		// A crash between recording the end of management and removing
+		// the identity and profiles leaves them behind: finish the job.
+		if err := opts.Applier.Reconcile(nil); err != nil {
+			return fmt.Errorf("remove profiles: %w", err)
+		}
+		if err := f.erase(st); err != nil {
+			return err
+		}
 		return fmt.Errorf("%w: it was %s; enroll it again with mdm-agent enroll", ErrStoppedManagement, st.Stopped)
 	}
 	tlsCfg, err := f.identity(st)
