@@ -171,12 +171,13 @@ func (d *Device) moveTo(a protocol.Authority, since, now time.Time) {
 }
 
 // RetainUntil returns the deadline of the previous authority's profiles on
-// the device, or the zero time when no retention period is running.
-func (d *Device) RetainUntil(now time.Time) time.Time {
+// the device, kept for period after the move, or the zero time when no
+// retention period is running.
+func (d *Device) RetainUntil(now time.Time, period time.Duration) time.Time {
 	if d.AuthoritySince.IsZero() || d.PreviousAuthority == protocol.AuthorityUnknown {
 		return time.Time{}
 	}
-	until := d.AuthoritySince.Add(RetentionPeriod)
+	until := d.AuthoritySince.Add(period)
 	if !now.Before(until) {
 		return time.Time{}
 	}

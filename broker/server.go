@@ -39,6 +39,9 @@ type ServerConfig struct {
 	PushRate int
 	// CertValidity is the lifetime of device certificates.
 	CertValidity time.Duration
+	// RetentionPeriod is how long the previous authority's profiles stay
+	// on a device after a change; default 7 days.
+	RetentionPeriod time.Duration
 	// Logger receives the log; default discards it.
 	Logger *slog.Logger
 	// Clock is the time source; default the real clock. The fan-out and
@@ -110,7 +113,7 @@ func RunServer(ctx context.Context, cfg ServerConfig) error {
 		return err
 	}
 	info.CreatedCA = created
-	svc, err := NewService(store, ca, Options{Tenant: tenant, Clock: cfg.Clock, Logger: cfg.Logger, CertValidity: cfg.CertValidity,
+	svc, err := NewService(store, ca, Options{Tenant: tenant, Clock: cfg.Clock, Logger: cfg.Logger, CertValidity: cfg.CertValidity, RetentionPeriod: cfg.RetentionPeriod,
 		EnrollmentTokenFile: info.EnrollmentTokenFile})
 	if err != nil {
 		return err

@@ -43,6 +43,10 @@ type Options struct {
 	Rand io.Reader
 	// CertValidity is the lifetime of device certificates; default 1 year.
 	CertValidity time.Duration
+	// RetentionPeriod is how long the previous authority's profiles stay on
+	// a device after it moves; default RetentionPeriod (7 days). Shorter
+	// periods are for trying a migration out.
+	RetentionPeriod time.Duration
 	// RenewalWindow is how long before expiry a device may renew its
 	// certificate; default 30 days.
 	RenewalWindow time.Duration
@@ -101,6 +105,9 @@ func NewService(store *Store, ca *CA, opts Options) (*Service, error) {
 	}
 	if opts.RenewalWindow == 0 {
 		opts.RenewalWindow = 30 * 24 * time.Hour
+	}
+	if opts.RetentionPeriod == 0 {
+		opts.RetentionPeriod = RetentionPeriod
 	}
 	s := &Service{opts: opts, store: store, ca: ca}
 	err := store.View(func(tx *Tx) error {
@@ -509,7 +516,7 @@ func (s *Service) checkIn(id string, m *protocol.CheckIn) (*protocol.CheckInResp
 		}
 		resp = &protocol.CheckInResponse{
 			Authority: d.Authority, Epoch: t.Epoch, ChangedAt: protocol.At(t.ChangedAt()),
-			DesiredVersion: t.Revision, RetainUntil: protocol.At(d.RetainUntil(now)),
+			DesiredVersion: t.Revision, RetainUntil: protocol.At(d.RetainUntil(now, s.opts.RetentionPeriod)),
 		}
 		if m.DesiredVersion < t.Revision {
 			resp.Profiles = desired(catalog, d.Authority)

@@ -44,6 +44,8 @@ type harness struct {
 	token string
 	rng   *lockedRand
 	dir   string
+	// configure, when set, adjusts the service's options at every open.
+	configure func(*Options)
 }
 
 // lockedRand is a seeded source of random bytes that is safe for
@@ -61,8 +63,15 @@ func (l *lockedRand) Read(p []byte) (int, error) {
 
 func newHarness(t testing.TB) *harness {
 	t.Helper()
+	return newHarnessWith(t, nil)
+}
+
+// newHarnessWith returns a harness whose service options configure
+// adjusts.
+func newHarnessWith(t testing.TB, configure func(*Options)) *harness {
+	t.Helper()
 	dir := t.TempDir()
-	h := &harness{t: t, clock: &fakeClock{now: testStart}, rng: &lockedRand{r: rand.NewChaCha8([32]byte{7})}, dir: dir}
+	h := &harness{t: t, clock: &fakeClock{now: testStart}, rng: &lockedRand{r: rand.NewChaCha8([32]byte{7})}, dir: dir, configure: configure}
 	h.open()
 	tok, err := h.svc.RotateEnrollmentToken()
 	if err != nil {
@@ -84,7 +93,11 @@ func (h *harness) open() {
 	if err != nil {
 		h.t.Fatal(err)
 	}
-	svc, err := NewService(store, ca, Options{Tenant: "contoso", Clock: h.clock, Rand: h.rng})
+	opts := Options{Tenant: "contoso", Clock: h.clock, Rand: h.rng}
+	if h.configure != nil {
+		h.configure(&opts)
+	}
+	svc, err := NewService(store, ca, opts)
 	if err != nil {
 		h.t.Fatal(err)
 	}
@@ -259,6 +272,26 @@ func TestAuthorityRules(t *testing.T) {
 	got := h.svc.Tenant()
 	if got.Mode != ModeIntune || got.Epoch != 2 || len(got.Changes) != 2 {
 		t.Errorf("tenant after restart = %+v", got)
+	}
+}
+
+// TestRetentionPeriodOption checks that a shorter retention period, for
+// trying a migration out, sets the deadline devices get.
+func TestRetentionPeriodOption(t *testing.T) {
+	h := newHarnessWith(t, func(o *Options) { o.RetentionPeriod = 10 * time.Minute })
+	mustDo(t, h.svc.SetAuthority, ModeOffice365)
+	d := h.mustEnroll(protocol.PlatformWindows, "ada@contoso.example")
+	d.checkIn()
+	change, _, err := h.svc.SetAuthority(ModeIntune)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r := d.checkIn(); r.RetainUntil != protocol.At(change.At.Add(10*time.Minute)) {
+		t.Errorf("retain_until = %v; want the change + 10 minutes", r.RetainUntil)
+	}
+	h.clock.Advance(10 * time.Minute)
+	if r := d.checkIn(); r.RetainUntil != 0 {
+		t.Errorf("retain_until after 10 minutes = %v; want 0", r.RetainUntil)
 	}
 }
 

@@ -30,7 +30,7 @@ const usageHead = `Usage: mdm-broker <command> [flags]
 
 Run the service:
   serve [--data DIR] [--tenant ID] [--mqtt ADDR] [--mqtt-name NAME ...]
-        [--admin ADDR] [--push-rate N] [--cert-validity D] [-v]
+        [--admin ADDR] [--push-rate N] [--cert-validity D] [--retention D] [-v]
 
 Administer a running service (tables by default, --json for JSON; the
 admin token is read from DATA/admin.token):
@@ -97,6 +97,7 @@ func serve(args []string) error {
 	allowRemote := fs.Bool("admin-allow-remote", false, "let the admin API listen on a non-loopback address (put a TLS proxy in front of it)")
 	pushRate := fs.Int("push-rate", 500, "most check-in pushes sent per second during a fan-out")
 	validity := fs.Duration("cert-validity", 365*24*time.Hour, "lifetime of the device certificates the service issues")
+	retention := fs.Duration("retention", broker.RetentionPeriod, "how long the previous authority's profiles stay on a device after an authority change (Intune: 7 days; shorter to watch a migration end, such as 10m)")
 	verbose := fs.BoolP("verbose", "v", false, "log at debug level")
 	fs.Usage = func() {
 		fmt.Fprintf(os.Stderr, "Usage: mdm-broker serve [flags]\n\nRuns the management service until interrupted (Ctrl-C).\n\nFlags:\n%s", fs.FlagUsages())
@@ -109,6 +110,9 @@ func serve(args []string) error {
 	}
 	if fs.NArg() > 0 {
 		return fmt.Errorf("unexpected argument %q: give the data directory with --data", fs.Arg(0))
+	}
+	if *retention <= 0 {
+		return fmt.Errorf("--retention %s: want a positive duration, such as 168h (7 days, Intune's) or 10m", *retention)
 	}
 	level := slog.LevelInfo
 	if *verbose {
@@ -125,7 +129,7 @@ func serve(args []string) error {
 	return broker.RunServer(ctx, broker.ServerConfig{
 		DataDir: dir, Tenant: *tenant, MQTTAddr: *mqttAddr, MQTTNames: *mqttNames,
 		AdminAddr: *adminAddr, AdminAllowRemote: *allowRemote,
-		PushRate: *pushRate, CertValidity: *validity, Logger: logger,
+		PushRate: *pushRate, CertValidity: *validity, RetentionPeriod: *retention, Logger: logger,
 		Ready: func(i broker.ServerInfo) {
 			fmt.Printf(`mdm-broker serving tenant %q
   MQTT over TLS      %s
@@ -134,8 +138,9 @@ func serve(args []string) error {
   admin token        %s
   enrollment token   %s
   CA certificate     %s  (devices need it to trust the service)
+  retention          %s  (old authority's profiles after a change)
 Press Ctrl-C to stop.
-`, *tenant, i.MQTTAddr, i.AdminURL, i.DataDir, i.AdminTokenFile, i.EnrollmentTokenFile, i.CACertFile)
+`, *tenant, i.MQTTAddr, i.AdminURL, i.DataDir, i.AdminTokenFile, i.EnrollmentTokenFile, i.CACertFile, *retention)
 			if i.Repushed > 0 {
 				logger.Info("pushes pending from the last run made due again", "count", i.Repushed)
 			}
