@@ -212,7 +212,16 @@ func (c *Core) Tick(now time.Time) Output {
 		manual := c.syncWanted && c.inflight == c.syncID
 		out.merge(c.failed(now, 0, fmt.Sprintf("no answer within %s", ResponseTimeout), manual))
 	}
-	if !c.online || !now.Before(c.st.CertNotAfter) {
+	if !now.Before(c.st.CertNotAfter) {
+		// Expired: no more check-ins, and nothing for NextWake to wake for
+		// but the retention deadlines.
+		if c.st.NextCheckIn.Before(c.st.CertNotAfter) || c.want != 0 {
+			c.st.NextCheckIn, c.want = c.st.CertNotAfter, 0
+			out.Persist = true
+		}
+		return out
+	}
+	if !c.online {
 		return out
 	}
 	switch {
