@@ -426,13 +426,8 @@ func (c *Core) response(now time.Time, m *protocol.CheckInResponse) Output {
 	}
 	cmds := c.commands(now, m.Commands)
 	out.merge(cmds)
-	// Compliance may change with the profiles just applied: report it at
-	// once rather than at the next check-in.
-	if after := Evaluate(st.Profiles, c.facts, now); after.State != st.Compliance.State || !slices.Equal(after.Failures, st.Compliance.Failures) {
-		st.Compliance = after
-		if out.Stop == "" {
-			out.Send = append(out.Send, c.envelope(now, &protocol.ComplianceReport{Compliance: after, OSVersion: c.facts.OSVersion}))
-		}
+	if out.Stop == "" {
+		out.Send = append(out.Send, c.reportCompliance(now)...)
 	}
 	if c.pushedInFlight {
 		c.pushedInFlight = false
@@ -528,7 +523,23 @@ func (c *Core) expire(now time.Time) Output {
 	}
 	c.st.Profiles = ps
 	c.st.LastChangeLog = changes
-	return Output{Persist: true, Changes: changes}
+	out := Output{Persist: true, Changes: changes}
+	if c.online && c.inflight == (protocol.MessageID{}) {
+		out.Send = c.reportCompliance(now)
+	}
+	return out
+}
+
+// reportCompliance re-evaluates compliance after the profiles changed and
+// reports a changed result at once rather than at the next check-in.
+func (c *Core) reportCompliance(now time.Time) []protocol.Envelope {
+	st := c.st
+	after := Evaluate(st.Profiles, c.facts, now)
+	if after.State == st.Compliance.State && slices.Equal(after.Failures, st.Compliance.Failures) {
+		return nil
+	}
+	st.Compliance = after
+	return []protocol.Envelope{c.envelope(now, &protocol.ComplianceReport{Compliance: after, OSVersion: c.facts.OSVersion})}
 }
 
 // maxCommandRecords bounds the command history kept in the state; a

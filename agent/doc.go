@@ -25,7 +25,7 @@
 //     then about every 8 hours. Jitter takes up to 10% off each interval. A
 //     next_checkin hint from the service overrides the schedule.
 //   - A push makes the device check in at once; pushes arriving together
-//     make one check-in, pushed check-ins are at least 10 s apart, and a
+//     make one check-in, pushed check-ins are at least 3 s apart, and a
 //     push that arrives while a check-in is in flight makes one more after
 //     it.
 //   - A check-in without an answer within 60 s fails. Failures back off

@@ -21,7 +21,8 @@ import (
 //	POST /v1/sync      SyncResult, when the check-in is answered
 //	POST /v1/unenroll  204, once the service was told and profiles removed
 
-// ErrNotRunning means no agent answers on the state directory's socket.
+// ErrNotRunning means no agent answers on the state directory's socket,
+// or the one that answers is stopping.
 var ErrNotRunning = errors.New("no agent is running for this state directory")
 
 // maxLocalBody bounds what the local API reads and answers.
@@ -77,12 +78,19 @@ func (c *LocalClient) do(ctx context.Context, method, path string, out any) erro
 		if errors.As(err, &op) && op.Op == "dial" {
 			return fmt.Errorf("%w (%s: %v); start it with mdm-agent run, or systemctl start mdm-agent", ErrNotRunning, c.path, op.Err)
 		}
-		return fmt.Errorf("local API %s: %w", path, err)
+		if ctx.Err() != nil {
+			return fmt.Errorf("local API %s: %w", path, ctx.Err())
+		}
+		// The agent closed the connection: it is stopping.
+		return fmt.Errorf("%w (%s: %v)", ErrNotRunning, c.path, err)
 	}
 	defer resp.Body.Close()
 	body, err := io.ReadAll(io.LimitReader(resp.Body, maxLocalBody))
 	if err != nil {
 		return fmt.Errorf("local API %s: %w", path, err)
+	}
+	if resp.StatusCode == http.StatusServiceUnavailable {
+		return fmt.Errorf("%w: the agent is stopping", ErrNotRunning)
 	}
 	if resp.StatusCode/100 != 2 {
 		var e struct{ Error string }

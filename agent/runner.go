@@ -273,10 +273,22 @@ func (r *runner) loop(ctx context.Context, connect chan<- struct{}) error {
 		if wake := r.core.NextWake(); !wake.IsZero() {
 			timer, stopTimer = r.opts.Clock.NewTimer(max(wake.Sub(r.now()), 0))
 		}
+		st := r.core.State()
+		ok, failed := st.CheckIns, st.FailedChecks
 		out, err := r.step(ctx, timer, connect)
 		stopTimer()
 		if err != nil {
 			return err
+		}
+		switch {
+		case st.CheckIns > ok:
+			r.log.Info("checked in", "authority", st.Authority, "epoch", st.Epoch, "desired_version", st.DesiredVersion, "next", st.NextCheckIn)
+		case st.FailedChecks > failed:
+			attrs := []any{"error", st.LastError, "message", st.LastMessage, "retry", st.NextCheckIn}
+			if st.LastError != protocol.CodeNone {
+				attrs = append(attrs, "hint", st.LastError.Hint())
+			}
+			r.log.Warn("check-in failed", attrs...)
 		}
 		if err := r.do(ctx, out); err != nil {
 			return err

@@ -29,7 +29,7 @@ const (
 	// pushGap is the least time between two check-ins that pushes cause: a
 	// burst of pushes makes one check-in, and a flood of them cannot make
 	// the device hammer the service.
-	pushGap = 10 * time.Second
+	pushGap = 3 * time.Second
 )
 
 // Interval returns the scheduled check-in interval of a platform at a given

@@ -81,7 +81,7 @@ func StatusOf(st *State, now time.Time) Status {
 		s.Attention = append(s.Attention, fmt.Sprintf("the device was %s and is no longer managed; enroll it again to manage it", st.Stopped))
 	case s.CertificateExpired:
 		s.NextCheckIn = time.Time{}
-		s.Attention = append(s.Attention, fmt.Sprintf("the MDM certificate expired on %s, so the agent no longer checks in; re-enroll: mdm-agent unenroll, then mdm-agent enroll", st.CertNotAfter.Format(time.RFC3339)))
+		s.Attention = append(s.Attention, fmt.Sprintf("the MDM certificate expired on %s, so the agent no longer checks in; re-enroll: mdm-agent unenroll --force, then mdm-agent enroll", st.CertNotAfter.Local().Format("2006-01-02 15:04:05")))
 	case st.LastError != protocol.CodeNone:
 		s.Attention = append(s.Attention, fmt.Sprintf("the last check-in was refused (%s): %s", st.LastError, st.LastError.Hint()))
 	case st.LastMessage != "":
@@ -89,7 +89,7 @@ func StatusOf(st *State, now time.Time) Status {
 	}
 	for _, g := range s.Gaps {
 		s.Attention = append(s.Attention, fmt.Sprintf("protection gap: %s has no %s profile; the retained %q of %s goes on %s",
-			st.Authority, g.Profile.Type, g.Profile.Name, g.Profile.Authority, g.At.Format(time.RFC3339)))
+			st.Authority, g.Profile.Type, g.Profile.Name, g.Profile.Authority, g.At.Local().Format("2006-01-02 15:04:05")))
 	}
 	return s
 }

@@ -258,7 +258,7 @@ func describeChange(ch agent.Change) string {
 	case ch.Kind == agent.Overwritten && ch.Replaced != nil:
 		s += fmt.Sprintf(", replacing %s's", ch.Replaced.Authority)
 	case ch.Kind == agent.Retained:
-		s += ", until " + p.RetainUntil.Local().Format("2006-01-02 15:04")
+		s += ", until " + p.RetainUntil.Local().Format("2006-01-02 15:04:05")
 	}
 	return s
 }
@@ -335,7 +335,7 @@ func printStatus(w io.Writer, s agent.Status, now time.Time) {
 	for _, p := range s.Profiles {
 		until := "-"
 		if p.Retained() {
-			until = p.RetainUntil.Local().Format("2006-01-02 15:04")
+			until = p.RetainUntil.Local().Format("2006-01-02 15:04:05")
 		}
 		fmt.Fprintf(tw, "  %s\t%s\t%s\t%d\t%s\n", p.Type, p.Name, p.Authority, p.Version, until)
 	}
