@@ -653,3 +653,24 @@ func TestMessageIDsUnique(t *testing.T) {
 		}
 	}
 }
+
+func TestComplianceReportAtExpiry(t *testing.T) {
+	c, change := migrate(t)
+	c.SetFacts(Facts{OSVersion: "17.4"}) // no passcode: Baseline fails
+	now := change.Add(time.Minute)
+	env, ci := only(t, c.Tick(c.State().NextCheckIn))
+	if ci.Compliance.State != protocol.ComplianceNoncompliant {
+		t.Fatalf("compliance = %s; want noncompliant while Baseline is retained", ci.Compliance.State)
+	}
+	respond(c, now, env, ok(2, protocol.AuthorityIntune))
+	out := c.Tick(change.Add(7 * 24 * time.Hour))
+	var report *protocol.ComplianceReport
+	for _, e := range out.Send {
+		if r, ok := e.Body.(*protocol.ComplianceReport); ok {
+			report = r
+		}
+	}
+	if report == nil || report.Compliance.State != protocol.ComplianceCompliant {
+		t.Errorf("report at the deadline = %+v; want compliant once Baseline is gone (a protection gap)", report)
+	}
+}
