@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net"
 	"strings"
+	"sync"
 	"time"
 
 	mqtt "github.com/mochi-mqtt/server/v2"
@@ -32,6 +33,9 @@ type Broker struct {
 	server *mqtt.Server
 	svc    *Service
 	log    *slog.Logger
+
+	closeOnce sync.Once
+	closeErr  error
 }
 
 // minLevel passes on only records at or above its level.
@@ -84,8 +88,12 @@ func NewBroker(svc *Service, logger *slog.Logger) (*Broker, error) {
 // Serve starts the broker's housekeeping. It returns at once.
 func (b *Broker) Serve() error { return b.server.Serve() }
 
-// Close disconnects every client and stops the broker.
-func (b *Broker) Close() error { return b.server.Close() }
+// Close disconnects every client and stops the broker. Closing twice is
+// harmless (mochi's own Close panics the second time).
+func (b *Broker) Close() error {
+	b.closeOnce.Do(func() { b.closeErr = b.server.Close() })
+	return b.closeErr
+}
 
 // memoryListener names the in-process connections of Connect.
 const memoryListener = "memory"

@@ -324,3 +324,15 @@ func TestMigrationOverMQTT(t *testing.T) {
 		t.Errorf("lock state = %s; want acknowledged", cmds[0].State)
 	}
 }
+
+// TestBrokerCloseTwice checks that a second Close is harmless, as a
+// shutdown path and a cleanup may both close.
+func TestBrokerCloseTwice(t *testing.T) {
+	b, _ := newTestBroker(t, newHarness(t), false)
+	if err := b.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Close(); err != nil {
+		t.Errorf("second Close = %v", err)
+	}
+}

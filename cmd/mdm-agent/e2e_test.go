@@ -99,18 +99,8 @@ func startService(t *testing.T, clock *fakeClock, configure ...func(*broker.Opti
 	if err != nil {
 		t.Fatal(err)
 	}
-	b, err := broker.NewBroker(svc, slog.New(slog.DiscardHandler))
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr, err := b.ListenTLS("127.0.0.1:0", []string{"127.0.0.1", "localhost"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := b.Serve(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { b.Close() })
+	s := &service{svc: svc, clock: clock}
+	addr := s.startBroker(t, "127.0.0.1:0")
 	token, err := svc.RotateEnrollmentToken()
 	if err != nil {
 		t.Fatal(err)
@@ -121,7 +111,28 @@ func startService(t *testing.T, clock *fakeClock, configure ...func(*broker.Opti
 	}
 	roots := x509.NewCertPool()
 	roots.AddCert(caCert)
-	return &service{svc: svc, broker: b, url: "mqtts://" + addr.String(), token: token, roots: roots, caDER: ca.CertificateDER(), clock: clock}
+	s.url, s.token, s.roots, s.caDER = "mqtts://"+addr, token, roots, ca.CertificateDER()
+	return s
+}
+
+// startBroker starts the embedded broker on addr and returns where it
+// listens.
+func (s *service) startBroker(t *testing.T, addr string) string {
+	t.Helper()
+	b, err := broker.NewBroker(s.svc, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, err := b.ListenTLS(addr, []string{"127.0.0.1", "localhost"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Serve(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { b.Close() })
+	s.broker = b
+	return a.String()
 }
 
 // runningAgent is an agent enrolled with the service and running.

@@ -150,3 +150,22 @@ func TestCertificateLifecycle(t *testing.T) {
 		t.Errorf("check-ins after the expiry: %d, before %d; want none", got, checkIns)
 	}
 }
+
+// TestReconnect restarts the broker under a running agent: the agent
+// notices, reconnects with backoff and checks in again.
+func TestReconnect(t *testing.T) {
+	clock := newFakeClock()
+	s := startService(t, clock)
+	setAuthority(t, s, broker.ModeIntune)
+	a := enrollAgent(t, s, protocol.PlatformWindows, "ada@contoso.example")
+	waitFor(t, "the enrollment check-in", func() bool { return a.status(t).CheckIns >= 1 })
+
+	s.broker.Close()
+	waitFor(t, "the agent to notice", func() bool { return !a.status(t).Connected })
+	s.startBroker(t, strings.TrimPrefix(s.url, "mqtts://"))
+	waitFor(t, "the agent to reconnect", func() bool { return a.status(t).Connected })
+	res, err := a.client.Sync(context.Background())
+	if err != nil || res.Error != protocol.CodeNone || res.Authority != protocol.AuthorityIntune {
+		t.Errorf("sync after the reconnect = %+v, %v", res, err)
+	}
+}
