@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"slices"
 	"time"
+	"unicode/utf8"
 
 	"github.com/mdm-authority/mdm/protocol"
 )
@@ -30,7 +31,7 @@ func Evaluate(profiles []Profile, f Facts, now time.Time) protocol.Compliance {
 		}
 		for _, s := range p.Settings {
 			if msg := check(s, f); msg != "" {
-				failures = append(failures, fmt.Sprintf("%s (profile %q)", msg, p.Name))
+				failures = append(failures, clip(fmt.Sprintf("%s (profile %q)", msg, p.Name), protocol.MaxMessageText))
 			}
 		}
 	}
@@ -71,4 +72,18 @@ func check(s protocol.Setting, f Facts) string {
 		}
 	}
 	return ""
+}
+
+// clip cuts s to at most n bytes on a character boundary, so that a
+// failure line built from long setting values still fits the wire.
+func clip(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	const more = "..."
+	cut := n - len(more)
+	for cut > 0 && !utf8.RuneStart(s[cut]) {
+		cut--
+	}
+	return s[:cut] + more
 }

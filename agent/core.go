@@ -252,9 +252,11 @@ func (c *Core) NextWake() time.Time {
 	}
 	if c.inflight != (protocol.MessageID{}) {
 		earliest(c.inflightAt.Add(ResponseTimeout))
-	} else if c.online && c.st.NextCheckIn.Before(c.st.CertNotAfter) {
-		earliest(c.st.NextCheckIn)
-		if c.want != 0 {
+	} else if c.online {
+		if c.st.NextCheckIn.Before(c.st.CertNotAfter) {
+			earliest(c.st.NextCheckIn)
+		}
+		if c.want != 0 && c.wantAt.Before(c.st.CertNotAfter) {
 			earliest(c.wantAt)
 		}
 	}
@@ -524,7 +526,7 @@ func (c *Core) expire(now time.Time) Output {
 	c.st.Profiles = ps
 	c.st.LastChangeLog = changes
 	out := Output{Persist: true, Changes: changes}
-	if c.online && c.inflight == (protocol.MessageID{}) {
+	if c.online && c.inflight == (protocol.MessageID{}) && now.Before(c.st.CertNotAfter) {
 		out.Send = c.reportCompliance(now)
 	}
 	return out

@@ -39,7 +39,9 @@
 //     are retained until the deadline the service sent, then removed
 //     (Tick); while a retained profile and a current one share a type the
 //     device has a redundant pair (Redundant), and a retained profile whose
-//     type the new authority does not set is a protection gap (Gaps).
+//     type the new authority does not set is a protection gap (Gaps). A
+//     device holds at most 256 profiles, what a check-in may list: retained
+//     profiles that do not fit beside a large new set go at once.
 //   - Commands run once per id: remote lock (recorded; the runner runs the
 //     configured lock command), wipe (profiles and identity removed, the
 //     agent stops), retire (unenrolled, profiles removed), sync (a check-in).

@@ -153,6 +153,37 @@ func applyDesired(installed []Profile, a protocol.Authority, desired []protocol.
 		out = append(out, next)
 	}
 	sortProfiles(out)
+	out, changes = capRetained(out, changes)
+	return out, changes
+}
+
+// capRetained keeps the device within protocol.MaxProfiles, which a check-in
+// may list and a state file may hold: when the new set and the retained
+// profiles together exceed it, the retained profiles that do not fit
+// (the last in type and name order) are removed at once rather than at
+// their deadline. Current profiles always stay.
+func capRetained(out []Profile, changes []Change) ([]Profile, []Change) {
+	excess := len(out) - protocol.MaxProfiles
+	if excess <= 0 {
+		return out, changes
+	}
+	type key struct {
+		typ       protocol.ProfileType
+		name      string
+		authority protocol.Authority
+	}
+	dropped := map[key]bool{}
+	for i := len(out) - 1; i >= 0 && excess > 0; i-- {
+		if p := out[i]; p.Retained() {
+			dropped[key{p.Type, p.Name, p.Authority}] = true
+			changes = append(changes, Change{Kind: Removed, Profile: p})
+			out = slices.Delete(out, i, i+1)
+			excess--
+		}
+	}
+	changes = slices.DeleteFunc(changes, func(ch Change) bool {
+		return ch.Kind == Retained && dropped[key{ch.Profile.Type, ch.Profile.Name, ch.Profile.Authority}]
+	})
 	return out, changes
 }
 
