@@ -48,9 +48,9 @@ type Output struct {
 	// Installed, Updated and Overwritten (and remove Replaced), remove
 	// Profile for Removed and Expired; Retained changes only the deadline.
 	Changes []Change
-	// Lock asks the runner to lock the device, then to call Finish with
-	// the command's id.
-	Lock *protocol.Command
+	// Locks asks the runner to lock the device, then to call Finish with
+	// each command's id.
+	Locks []protocol.Command
 	// Stop is set when a wipe or retire ended management: the runner sends
 	// what is in Send, removes the identity (and for a wipe the state) and
 	// stops communicating.
@@ -66,9 +66,7 @@ func (o *Output) merge(x Output) {
 	o.Persist = o.Persist || x.Persist
 	o.Send = append(o.Send, x.Send...)
 	o.Changes = append(o.Changes, x.Changes...)
-	if x.Lock != nil {
-		o.Lock = x.Lock
-	}
+	o.Locks = append(o.Locks, x.Locks...)
 	if x.Stop != "" {
 		o.Stop = x.Stop
 	}
@@ -163,7 +161,7 @@ func (c *Core) Start(now time.Time) Output {
 	// is harmless, never reporting it is not.
 	for _, r := range c.st.Commands {
 		if r.Status == 0 && r.Action == protocol.CommandRemoteLock {
-			out.Lock = &protocol.Command{ID: r.ID, Action: r.Action, Message: r.Message}
+			out.Locks = append(out.Locks, protocol.Command{ID: r.ID, Action: r.Action, Message: r.Message})
 		}
 	}
 	out.merge(c.expire(now))
@@ -466,9 +464,9 @@ func (c *Core) newRecords(o Output) []CommandRecord {
 			}
 		}
 	}
-	if o.Lock != nil {
+	for _, l := range o.Locks {
 		for _, rec := range c.st.Commands {
-			if rec.ID == o.Lock.ID {
+			if rec.ID == l.ID {
 				recs = append(recs, rec)
 			}
 		}
@@ -567,7 +565,7 @@ func (c *Core) commands(now time.Time, cmds []protocol.Command) Output {
 		switch cmd.Action {
 		case protocol.CommandRemoteLock:
 			c.st.Lock = &Lock{At: now, Message: cmd.Message, Command: cmd.ID}
-			out.Lock = &cmd
+			out.Locks = append(out.Locks, cmd)
 			c.st.Commands = append(c.st.Commands, rec)
 			continue // Finish sends the result
 		case protocol.CommandSync:

@@ -688,8 +688,8 @@ func TestCoreRemoteLock(t *testing.T) {
 			} else {
 				out = r.deliver(&cmd)
 			}
-			if out.Lock == nil || out.Lock.ID != "c-lock" || out.Lock.Message != cmd.Message {
-				t.Fatalf("Output.Lock = %+v; want command c-lock", out.Lock)
+			if len(out.Locks) != 1 || out.Locks[0].ID != "c-lock" || out.Locks[0].Message != cmd.Message {
+				t.Fatalf("Output.Lock = %+v; want command c-lock", out.Locks)
 			}
 			if st.Lock == nil || st.Lock.Command != "c-lock" || st.Lock.Message != cmd.Message || !st.Lock.At.Equal(r.now) {
 				t.Errorf("State.Lock = %+v; want c-lock at %v", st.Lock, r.now)
@@ -851,9 +851,9 @@ func TestCoreCommandRunsOnce(t *testing.T) {
 						env = envs[0]
 					}
 				}
-				if out.Lock != nil {
+				if len(out.Locks) > 0 {
 					locks++
-					r.finish(out.Lock.ID, protocol.CommandDone)
+					r.finish(out.Locks[0].ID, protocol.CommandDone)
 				}
 				for _, res := range sentResults(out) {
 					if res.ID == "c-sync" {
@@ -885,8 +885,8 @@ func TestCoreCommandResultResent(t *testing.T) {
 
 	// The broker never acknowledged it: after a restart it goes again.
 	r.wait(time.Minute)
-	if o := r.restart(); o.Lock != nil {
-		t.Errorf("Start() after a finished lock = Lock %+v; want no second lock", o.Lock)
+	if o := r.restart(); len(o.Locks) != 0 {
+		t.Errorf("Start() after a finished lock = Locks %+v; want no second lock", o.Locks)
 	}
 	rs := sentResults(r.connect())
 	if len(rs) != 1 || rs[0].ID != "c-lock" || rs[0].Status != protocol.CommandDone {

@@ -424,8 +424,8 @@ func TestCommands(t *testing.T) {
 	resp := ok(1, protocol.AuthorityIntune, desired(protocol.ProfileVPN, "VPN", 1))
 	resp.Commands = []protocol.Command{{ID: "c-1", Action: protocol.CommandRemoteLock, Message: "Call IT"}, {ID: "c-2", Action: protocol.CommandSync}}
 	out := respond(c, t0, env, resp)
-	if out.Lock == nil || out.Lock.ID != "c-1" || c.State().Lock == nil || c.State().Lock.Message != "Call IT" {
-		t.Fatalf("lock = %+v, state %+v; want the lock asked for and recorded", out.Lock, c.State().Lock)
+	if len(out.Locks) != 1 || out.Locks[0].ID != "c-1" || c.State().Lock == nil || c.State().Lock.Message != "Call IT" {
+		t.Fatalf("lock = %+v, state %+v; want the lock asked for and recorded", out.Locks, c.State().Lock)
 	}
 	results := func(envs []protocol.Envelope) []string {
 		var ids []string
@@ -447,7 +447,7 @@ func TestCommands(t *testing.T) {
 		t.Errorf("Finish sent %v; want c-1:done", got)
 	}
 	// The same command again, in a response or on its own, runs once.
-	if out := c.Receive(t0, protocol.Envelope{Body: &protocol.Command{ID: "c-1", Action: protocol.CommandRemoteLock}}); out.Lock != nil || len(out.Send) != 0 {
+	if out := c.Receive(t0, protocol.Envelope{Body: &protocol.Command{ID: "c-1", Action: protocol.CommandRemoteLock}}); len(out.Locks) != 0 || len(out.Send) != 0 {
 		t.Errorf("a repeated command ran again: %+v", out)
 	}
 	// Unacknowledged results are sent again after a restart; acknowledged
@@ -476,8 +476,8 @@ func TestWipeRetireUnenroll(t *testing.T) {
 		resp := ok(1, protocol.AuthorityIntune, desired(protocol.ProfileVPN, "VPN", 1), desired(protocol.ProfileEmail, "Mail", 1))
 		resp.Commands = []protocol.Command{{ID: "c-9", Action: tt.action}, {ID: "c-10", Action: protocol.CommandRemoteLock}}
 		out := respond(c, t0, env, resp)
-		if out.Stop != tt.stop || len(c.State().Profiles) != 0 || out.Lock != nil {
-			t.Errorf("%s: stop %q, %d profiles, lock %v; want %q, none, no later command", tt.action, out.Stop, len(c.State().Profiles), out.Lock, tt.stop)
+		if out.Stop != tt.stop || len(c.State().Profiles) != 0 || len(out.Locks) != 0 {
+			t.Errorf("%s: stop %q, %d profiles, lock %v; want %q, none, no later command", tt.action, out.Stop, len(c.State().Profiles), out.Locks, tt.stop)
 		}
 		var removed int
 		for _, ch := range out.Changes {
@@ -672,5 +672,23 @@ func TestComplianceReportAtExpiry(t *testing.T) {
 	}
 	if report == nil || report.Compliance.State != protocol.ComplianceCompliant {
 		t.Errorf("report at the deadline = %+v; want compliant once Baseline is gone (a protection gap)", report)
+	}
+}
+
+// TestTwoLocksInOneResponse checks that every lock of a batch is carried
+// out and reported.
+func TestTwoLocksInOneResponse(t *testing.T) {
+	c := newCore(t, enrolledState(protocol.PlatformWindows))
+	env, _ := only(t, online(t, c, t0))
+	resp := ok(1, protocol.AuthorityIntune)
+	resp.Commands = []protocol.Command{{ID: "l-1", Action: protocol.CommandRemoteLock}, {ID: "l-2", Action: protocol.CommandRemoteLock}}
+	out := respond(c, t0, env, resp)
+	if len(out.Locks) != 2 {
+		t.Fatalf("Locks = %+v; want both", out.Locks)
+	}
+	for _, l := range out.Locks {
+		if fin := c.Finish(t0, l.ID, protocol.CommandDone, ""); len(fin.Send) != 1 {
+			t.Errorf("Finish(%s) sent %d results; want 1", l.ID, len(fin.Send))
+		}
 	}
 }

@@ -66,8 +66,14 @@ func Enroll(ctx context.Context, o EnrollOptions) (*State, error) {
 		return nil, errors.New("platform missing: pass --platform")
 	}
 	files := layout(o.Dir)
-	if st, err := files.load(); err == nil && st.Stopped == "" {
+	st, err := files.load()
+	switch {
+	case err == nil && st.Stopped == "":
 		return nil, fmt.Errorf("%w (device %s): run mdm-agent unenroll first, or use another --state", ErrEnrolled, st.Device)
+	case err != nil && !errors.Is(err, ErrNotEnrolled):
+		// An unreadable state may still be a live enrollment: never
+		// overwrite its key.
+		return nil, fmt.Errorf("%w; enrolling would replace it: fix or move it away first", err)
 	}
 	// Readable by all: tools on the device read the profile files under
 	// it. The key, the state and the socket inside are owner-only.
@@ -147,7 +153,7 @@ func Enroll(ctx context.Context, o EnrollOptions) (*State, error) {
 		return nil, fmt.Errorf("certificate from the service: %w", err)
 	}
 	now := o.Clock.Now()
-	st := &State{
+	st = &State{
 		Version: StateVersion, Tenant: o.Tenant, Device: resp.Device, Platform: o.Platform, User: o.User,
 		EnrollmentType: typ, Name: o.Name, Broker: o.Broker, EnrolledAt: now,
 		Certificate: resp.Certificate, CertNotAfter: cert.NotAfter, CACertificate: resp.CACertificate,

@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/url"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	paho "github.com/eclipse/paho.mqtt.golang"
@@ -49,6 +50,9 @@ func brokerAddress(raw string) (addr, host string, err error) {
 // session is one MQTT connection of the device or of an enrolling client.
 type session struct {
 	client paho.Client
+	// lost is set when the connection dropped, possibly before the
+	// runner's loop learnt that it was up.
+	lost atomic.Bool
 }
 
 // sessionConfig describes a connection.

@@ -223,7 +223,10 @@ func (r *runner) connector(ctx context.Context, ep endpoint, connect <-chan stru
 			s := new(session)
 			err := s.connect(ctx, sessionConfig{
 				broker: ep.broker, tls: r.tls.get(), clientID: ep.device, keepAlive: r.opts.MQTTKeepAlive,
-				onLost: func(err error) { r.send(ctx, event{kind: evLost, session: s, err: err}) },
+				onLost: func(err error) {
+					s.lost.Store(true)
+					r.send(ctx, event{kind: evLost, session: s, err: err})
+				},
 			})
 			if err == nil {
 				err = s.subscribe(ctx, protocol.DownlinkTopic(ep.tenant, ep.device), func(topic string, payload []byte) {
@@ -310,6 +313,15 @@ func (r *runner) step(ctx context.Context, timer <-chan time.Time, connect chan<
 	case ev := <-r.events:
 		switch ev.kind {
 		case evConnected:
+			if ev.session.lost.Load() {
+				// Lost before the loop saw it connect: its evLost was
+				// ignored, so ask for a new connection here.
+				select {
+				case connect <- struct{}{}:
+				default:
+				}
+				break
+			}
 			r.setSession(ev.session)
 			r.log.Info("connected to the service", "broker", r.core.State().Broker)
 			r.refreshFacts(false)
@@ -340,6 +352,7 @@ func (r *runner) step(ctx context.Context, timer <-chan time.Time, connect chan<
 		case evLockDone:
 			status, msg := protocol.CommandDone, ""
 			if ev.err != nil {
+				r.log.Warn("remote lock command failed", "command", ev.id, "err", ev.err)
 				status, msg = protocol.CommandFailed, ev.err.Error()
 			}
 			out = r.core.Finish(r.now(), ev.id, status, msg)
@@ -481,9 +494,9 @@ func (r *runner) do(ctx context.Context, out Output) error {
 			r.log.Info("profile "+ch.Kind.String(), attrs...)
 		}
 	}
-	if out.Lock != nil {
-		r.log.Info("remote lock", "command", out.Lock.ID, "message", out.Lock.Message)
-		r.lock(ctx, *out.Lock)
+	for _, l := range out.Locks {
+		r.log.Info("remote lock", "command", l.ID, "message", l.Message)
+		r.lock(ctx, l)
 	}
 	if out.Renewed {
 		if cfg, err := r.files.identity(st); err == nil {
