@@ -140,9 +140,6 @@ func (c *Core) SetFacts(f Facts) { c.facts = f }
 // Facts returns the device facts in use.
 func (c *Core) Facts() Facts { return c.facts }
 
-// Online reports whether the runner told the core it is connected.
-func (c *Core) Online() bool { return c.online }
-
 // Start is called once after New: it expires what expired while the agent
 // was not running and schedules the first check-in of a new enrollment.
 func (c *Core) Start(now time.Time) Output {

@@ -4,7 +4,6 @@ import (
 	"context"
 	crand "crypto/rand"
 	"crypto/tls"
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -130,16 +129,12 @@ func Run(ctx context.Context, opts Options) error {
 	if err != nil {
 		return err
 	}
-	var seed [16]byte
-	if _, err := crand.Read(seed[:]); err != nil {
-		return err
-	}
 	r := &runner{
 		opts: opts, files: f, log: opts.Logger,
 		events: make(chan event, 64), local: make(chan localRequest),
 	}
 	r.core = New(st, Config{
-		Rand: rand.New(rand.NewPCG(binary.LittleEndian.Uint64(seed[:8]), binary.LittleEndian.Uint64(seed[8:]))),
+		Rand: newRand(),
 	})
 	r.refreshFacts(true)
 	// A crash between persisting a state and applying its profiles leaves
@@ -316,10 +311,7 @@ func (r *runner) step(ctx context.Context, timer <-chan time.Time, connect chan<
 			if ev.session.lost.Load() {
 				// Lost before the loop saw it connect: its evLost was
 				// ignored, so ask for a new connection here.
-				select {
-				case connect <- struct{}{}:
-				default:
-				}
+				requestConnect(connect)
 				break
 			}
 			r.setSession(ev.session)
@@ -333,10 +325,7 @@ func (r *runner) step(ctx context.Context, timer <-chan time.Time, connect chan<
 			r.setSession(nil)
 			r.core.Disconnected(r.now())
 			r.log.Warn("connection to the service lost; reconnecting", "err", ev.err)
-			select {
-			case connect <- struct{}{}:
-			default: // an attempt is already asked for
-			}
+			requestConnect(connect)
 		case evMessage:
 			if r.currentSession() != ev.session {
 				break
@@ -361,6 +350,15 @@ func (r *runner) step(ctx context.Context, timer <-chan time.Time, connect chan<
 		out = r.serveLocal(req)
 	}
 	return out, nil
+}
+
+// requestConnect asks the connector for a connection attempt, unless one
+// is already asked for.
+func requestConnect(connect chan<- struct{}) {
+	select {
+	case connect <- struct{}{}:
+	default:
+	}
 }
 
 // errLoopDone ends the loop when the context is cancelled.
@@ -613,9 +611,7 @@ func UnenrollOffline(ctx context.Context, dir string, applier Applier, clock Clo
 	if st.Stopped != "" {
 		return fmt.Errorf("the device was already %s", st.Stopped)
 	}
-	var seed [16]byte
-	crand.Read(seed[:])
-	core := New(st, Config{Rand: rand.New(rand.NewPCG(binary.LittleEndian.Uint64(seed[:8]), binary.LittleEndian.Uint64(seed[8:])))})
+	core := New(st, Config{Rand: newRand()})
 	out := core.Unenroll(clock.Now(), "unenrolled on the device")
 	told := func() error {
 		tlsCfg, err := f.identity(st)
@@ -645,4 +641,12 @@ func UnenrollOffline(ctx context.Context, dir string, applier Applier, clock Clo
 		return fmt.Errorf("remove profiles: %w", err)
 	}
 	return f.erase(core.State())
+}
+
+// newRand returns the random source of a real device: jitter and message
+// ids seeded from crypto/rand, so that devices do not move in step.
+func newRand() *rand.Rand {
+	var seed [32]byte
+	crand.Read(seed[:]) // never fails on supported systems (Go 1.24+ crashes instead)
+	return rand.New(rand.NewChaCha8(seed))
 }

@@ -45,6 +45,9 @@ type Status struct {
 	CertificateNotAfter time.Time `json:"certificate_not_after"`
 	CertificateExpired  bool      `json:"certificate_expired"`
 
+	// LastChanges are the profile changes of the last check-in or expiry
+	// that changed anything.
+	LastChanges     []Change        `json:"last_changes,omitempty"`
 	PendingCommands []CommandRecord `json:"pending_commands,omitempty"`
 	Lock            *Lock           `json:"lock,omitempty"`
 	Stopped         string          `json:"stopped,omitempty"`
@@ -66,7 +69,7 @@ func StatusOf(st *State, now time.Time) Status {
 		Profiles:     st.Profiles, Redundant: Redundant(st.Profiles, st.Authority),
 		Gaps: Gaps(st.Profiles, st.Authority), Compliance: st.Compliance,
 		CertificateNotAfter: st.CertNotAfter, CertificateExpired: !now.Before(st.CertNotAfter),
-		Lock: st.Lock, Stopped: st.Stopped,
+		Lock: st.Lock, Stopped: st.Stopped, LastChanges: st.LastChangeLog,
 	}
 	if s.Profiles == nil {
 		s.Profiles = []Profile{}

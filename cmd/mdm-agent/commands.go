@@ -346,6 +346,12 @@ func printStatus(w io.Writer, s agent.Status, now time.Time) {
 			fmt.Fprintf(w, "  %s: %q (%s, retained) and %q (%s)\n", pr.Retained.Type, pr.Retained.Name, pr.Retained.Authority, pr.Current.Name, pr.Current.Authority)
 		}
 	}
+	if len(s.LastChanges) > 0 {
+		fmt.Fprintf(w, "\nlast profile changes (%d)\n", len(s.LastChanges))
+		for _, ch := range s.LastChanges {
+			fmt.Fprintf(w, "  %s\n", describeChange(ch))
+		}
+	}
 	if len(s.PendingCommands) > 0 {
 		fmt.Fprintf(w, "\npending commands (%d)\n", len(s.PendingCommands))
 		for _, r := range s.PendingCommands {

@@ -85,6 +85,9 @@ func TestAuthorityChange(t *testing.T) {
 	if len(st.Gaps) != 1 || st.Gaps[0].Profile.Name != "Baseline" {
 		t.Errorf("gaps = %+v; want Baseline", st.Gaps)
 	}
+	if len(st.LastChanges) != 4 {
+		t.Errorf("last changes = %+v; want the overwrite, Corp WiFi installed and two retained", st.LastChanges)
+	}
 	wantFiles := []string{
 		"intune/email/Corp%20Mail.json", "intune/wifi/Corp%20WiFi.json",
 		"office365/configuration/Baseline.json", "office365/email/Legacy%20Mail.json",
