@@ -4,12 +4,17 @@ import (
 	"bytes"
 	"crypto/ecdsa"
 	"crypto/ed25519"
+	"crypto/hkdf"
+	"crypto/hmac"
 	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/rsa"
+	"crypto/sha256"
+	"crypto/subtle"
 	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
+	"encoding/base64"
 	"encoding/pem"
 	"errors"
 	"fmt"
@@ -62,6 +67,9 @@ type CA struct {
 	// roots holds only cert; it is private so that callers adding to the
 	// pool returned by Pool cannot widen what DeviceIdentity trusts.
 	roots *x509.CertPool
+	// tokenKey makes connect tokens; it is derived from the CA key, so
+	// rotating the CA revokes every token with every certificate.
+	tokenKey []byte
 }
 
 // LoadOrCreateCA loads the CA key and certificate from dir, or creates them
@@ -158,7 +166,7 @@ func loadCA(keyPath, certPath string, now time.Time) (*CA, error) {
 		return nil, fmt.Errorf("%s expired on %s, so nothing it signs is valid; move %s and %s away to create a new CA (every enrolled device must then enroll again)",
 			certPath, cert.NotAfter.UTC().Format(time.RFC3339), caKeyFile, caCertFile)
 	}
-	return newCA(key, cert), nil
+	return newCA(key, cert)
 }
 
 // readCAKeyFile reads the key file after checking, on the open file, that
@@ -269,7 +277,7 @@ func createCA(dir, tenant string, now time.Time) (*CA, error) {
 	if err := writeCAFile(dir, caCertFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o644); err != nil {
 		return nil, err
 	}
-	return newCA(key, cert), nil
+	return newCA(key, cert)
 }
 
 // writeCAFile writes dir/name atomically: a temp file in dir, fsync,
@@ -319,10 +327,44 @@ func syncCADir(dir string) error {
 	return d.Sync()
 }
 
-func newCA(key *ecdsa.PrivateKey, cert *x509.Certificate) *CA {
+func newCA(key *ecdsa.PrivateKey, cert *x509.Certificate) (*CA, error) {
 	roots := x509.NewCertPool()
 	roots.AddCert(cert)
-	return &CA{key: key, cert: cert, roots: roots}
+	secret, err := key.Bytes()
+	if err != nil {
+		return nil, fmt.Errorf("CA key: %w", err)
+	}
+	tokenKey, err := hkdf.Key(sha256.New, secret, nil, "mdm connect token v1", 32)
+	if err != nil {
+		return nil, fmt.Errorf("CA key: %w", err)
+	}
+	return &CA{key: key, cert: cert, roots: roots, tokenKey: tokenKey}, nil
+}
+
+// connectTokenPrefix starts every connect token, so that one is easy to
+// recognise in a configuration or a leak report.
+const connectTokenPrefix = "dct-"
+
+// ConnectToken returns the MQTT password of a device on connections
+// without a client certificate: an HMAC-SHA256, under a key derived from
+// the CA key, of the tenant, the device and the serial number of its
+// certificate. It is as good as a password bound to that certificate: a
+// renewal, or a new CA, gives another token, and the service admits a
+// token only for a device it manages whose certificate has that serial.
+func (ca *CA) ConnectToken(tenant, device, serial string) string {
+	mac := hmac.New(sha256.New, ca.tokenKey)
+	for _, s := range []string{tenant, device, serial} {
+		mac.Write([]byte(s))
+		mac.Write([]byte{0})
+	}
+	return connectTokenPrefix + base64.RawURLEncoding.EncodeToString(mac.Sum(nil))
+}
+
+// CheckConnectToken reports, in constant time, whether token is the
+// connect token of the device's certificate with that serial.
+func (ca *CA) CheckConnectToken(tenant, device, serial, token string) bool {
+	want := ca.ConnectToken(tenant, device, serial)
+	return subtle.ConstantTimeCompare([]byte(want), []byte(token)) == 1
 }
 
 // caSerial returns a random positive serial number of up to 128 bits.

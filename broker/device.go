@@ -84,6 +84,12 @@ type Device struct {
 
 	CertSerial   string    `json:"cert_serial"`
 	CertNotAfter time.Time `json:"cert_not_after,omitzero"`
+	// PrevCertSerial is the certificate a renewal replaced. It is still
+	// admitted at connect until the device first connects with the new
+	// one, so that a device that lost the renewal's answer is not locked
+	// out; after that it is revoked.
+	PrevCertSerial   string    `json:"prev_cert_serial,omitempty"`
+	PrevCertNotAfter time.Time `json:"prev_cert_not_after,omitzero"`
 
 	LastCheckIn time.Time `json:"last_check_in,omitzero"`
 	// LastAttempt and LastError record the latest check-in, failed or
@@ -91,6 +97,13 @@ type Device struct {
 	LastAttempt time.Time          `json:"last_attempt,omitzero"`
 	LastError   protocol.ErrorCode `json:"last_error"`
 	CheckIns    uint64             `json:"check_ins"`
+
+	// LastMessage and LastMessageSent identify the device's last applied
+	// check-in or compliance report, by message id and the time the
+	// device sent it: the same message again, or an older one, is a
+	// replay and changes nothing.
+	LastMessage     protocol.MessageID `json:"last_message"`
+	LastMessageSent time.Time          `json:"last_message_sent,omitzero"`
 
 	Installed            []protocol.InstalledProfile `json:"installed"`
 	Compliance           protocol.Compliance         `json:"compliance"`
@@ -101,6 +114,19 @@ type Device struct {
 	Epoch uint64 `json:"epoch"`
 
 	Push PushState `json:"push"`
+}
+
+// replayed returns an error wrapping ErrReplayed when env is the device's
+// last applied message again, or was sent before it.
+func (d *Device) replayed(env *protocol.Envelope) error {
+	switch sent := env.Sent.Time(); {
+	case env.ID == d.LastMessage && !d.LastMessageSent.IsZero():
+		return fmt.Errorf("message %x delivered again: %w", env.ID[:], ErrReplayed)
+	case sent.Before(d.LastMessageSent):
+		return fmt.Errorf("message %x sent at %s, before the last one applied (%s): %w", env.ID[:],
+			sent.Format(time.RFC3339Nano), d.LastMessageSent.Format(time.RFC3339Nano), ErrReplayed)
+	}
+	return nil
 }
 
 // Managed reports whether the service still manages the device.

@@ -18,6 +18,8 @@ type metrics struct {
 	pushesSent  atomic.Uint64
 	pushRetries atomic.Uint64
 	results     atomic.Uint64 // command results applied
+	connects    [connResults]atomic.Uint64
+	aclDenied   atomic.Uint64 // publishes, subscriptions and retained messages refused
 }
 
 // Reasons a device message is dropped without an answer.
@@ -29,11 +31,12 @@ const (
 	dropDevice           // names another device than its topic
 	dropReplayed         // a command result already applied
 	dropConflict         // from a device no longer managed, or unknown
+	dropClockSkew        // sent more than MaxClockSkew ahead of the service
 	dropOther
 	dropReasons
 )
 
-var dropNames = [dropReasons]string{"malformed", "invalid", "unsupported_version", "wrong_topic", "device_mismatch", "replayed", "not_managed", "other"}
+var dropNames = [dropReasons]string{"malformed", "invalid", "unsupported_version", "wrong_topic", "device_mismatch", "replayed", "not_managed", "clock_skew", "other"}
 
 func dropReason(err error) int {
 	switch {
@@ -51,6 +54,8 @@ func dropReason(err error) int {
 		return dropReplayed
 	case errors.Is(err, ErrConflict), errors.Is(err, ErrNotFound):
 		return dropConflict
+	case errors.Is(err, ErrClockSkew):
+		return dropClockSkew
 	}
 	return dropOther
 }
@@ -87,6 +92,11 @@ func (s *Service) WriteMetrics(w io.Writer) error {
 	p("# HELP mdm_pushes_sent_total Check-in requests pushed to devices, retries included.\n# TYPE mdm_pushes_sent_total counter\nmdm_pushes_sent_total %d\n", m.pushesSent.Load())
 	p("# HELP mdm_push_retries_total Pushes that repeated an unanswered one.\n# TYPE mdm_push_retries_total counter\nmdm_push_retries_total %d\n", m.pushRetries.Load())
 	p("# HELP mdm_command_results_total Command results applied.\n# TYPE mdm_command_results_total counter\nmdm_command_results_total %d\n", m.results.Load())
+	p("# HELP mdm_connections_total MQTT connections, by result: accepted or the reason of the refusal.\n# TYPE mdm_connections_total counter\n")
+	for r, name := range connNames {
+		p("mdm_connections_total{result=%q} %d\n", name, m.connects[r].Load())
+	}
+	p("# HELP mdm_acl_denied_total Publishes, subscriptions and retained messages refused by the topic rules.\n# TYPE mdm_acl_denied_total counter\nmdm_acl_denied_total %d\n", m.aclDenied.Load())
 	if err != nil {
 		return err
 	}

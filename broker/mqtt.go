@@ -1,13 +1,11 @@
 package broker
 
 import (
-	"bytes"
 	"context"
 	"crypto/tls"
 	"fmt"
 	"log/slog"
 	"net"
-	"strings"
 	"sync"
 	"time"
 
@@ -23,12 +21,13 @@ import (
 // the goroutine of that device's connection, so each device has at most one
 // message in flight and the store batches the writes of many devices.
 //
-// Clients reach it in two ways. ListenTLS serves MQTT over TLS on the
+// Clients reach it in three ways. ListenTLS serves MQTT over TLS on the
 // network: a device proves its identity with its MDM certificate (mutual
-// TLS), an enrolling client with the enrollment token as its password.
-// Connect attaches an in-process connection (one end of a net.Pipe), whose
-// client id is trusted as its identity: only code inside the process can
-// make one.
+// TLS). ListenTCP, only when asked for, serves plain MQTT, and Connect
+// attaches an in-process connection (one end of a net.Pipe); there a
+// device proves its identity with its connect token, a password bound to
+// its certificate. Everywhere an enrolling client sends the enrollment
+// token as its password. No client connects anonymously.
 type Broker struct {
 	server *mqtt.Server
 	svc    *Service
@@ -73,7 +72,7 @@ func NewBroker(svc *Service, logger *slog.Logger) (*Broker, error) {
 	// errors, so that unauthenticated clients cannot fill the service log.
 	s := mqtt.New(&mqtt.Options{InlineClient: true, Capabilities: caps,
 		Logger: slog.New(minLevel{logger.Handler(), slog.LevelError})})
-	if err := s.AddHook(&topicACL{svc: svc}, nil); err != nil {
+	if err := s.AddHook(&authHook{svc: svc, log: newRateLog(logger, svc.opts.Clock)}, nil); err != nil {
 		return nil, fmt.Errorf("broker: %w", err)
 	}
 	b := &Broker{server: s, svc: svc, log: logger}
@@ -95,11 +94,10 @@ func (b *Broker) Close() error {
 	return b.closeErr
 }
 
-// memoryListener names the in-process connections of Connect.
-const memoryListener = "memory"
-
 // Connect serves one in-process client connection, such as one end of a
-// net.Pipe, until it closes. It blocks; run it in its own goroutine.
+// net.Pipe, until it closes. It blocks; run it in its own goroutine. The
+// client authenticates as on the plain-TCP listener: a device with its id
+// and connect token, an enrolling client with the enrollment token.
 func (b *Broker) Connect(conn net.Conn) error {
 	return b.server.EstablishConnection(memoryListener, conn)
 }
@@ -131,7 +129,25 @@ func (b *Broker) ListenTLS(addr string, names []string) (net.Addr, error) {
 	if err != nil {
 		return nil, fmt.Errorf("listen %s: %w", addr, err)
 	}
-	if err := b.server.AddListener(listeners.NewNet("tls", deadlineListener{ln})); err != nil {
+	if err := b.server.AddListener(listeners.NewNet(listenerTLS, deadlineListener{ln})); err != nil {
+		ln.Close()
+		return nil, fmt.Errorf("listen %s: %w", addr, err)
+	}
+	return ln.Addr(), nil
+}
+
+// ListenTCP serves plain MQTT over TCP on addr and returns the address it
+// listens on. Call it before Serve. Nothing on it is encrypted: devices
+// authenticate with their connect token, enrolling clients with the
+// enrollment token, and both cross the network in cleartext. It is meant
+// for load tests on a trusted network and for a TLS-terminating proxy in
+// front; use ListenTLS otherwise.
+func (b *Broker) ListenTCP(addr string) (net.Addr, error) {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("listen %s: %w", addr, err)
+	}
+	if err := b.server.AddListener(listeners.NewNet(listenerTCP, deadlineListener{ln})); err != nil {
 		ln.Close()
 		return nil, fmt.Errorf("listen %s: %w", addr, err)
 	}
@@ -204,92 +220,4 @@ func (b *Broker) RunFanOut(ctx context.Context, ticks <-chan time.Time, perTick 
 			}
 		}
 	}
-}
-
-// EnrollClientPrefix starts the MQTT client id of an enrolling client.
-const EnrollClientPrefix = protocol.EnrollClientPrefix
-
-// topicACL authenticates connections and keeps every client to its own
-// topics: a device publishes only to its uplink topic and subscribes only
-// to its downlink topic; an enrolling client only to the enrollment topics
-// of its own request. Wildcards never reach another client's topics, since
-// no topic with a wildcard parses.
-type topicACL struct {
-	mqtt.HookBase
-	svc *Service
-}
-
-// ID implements mqtt.Hook.
-func (h *topicACL) ID() string { return "mdm-auth" }
-
-// Provides implements mqtt.Hook.
-func (h *topicACL) Provides(b byte) bool {
-	return bytes.Contains([]byte{mqtt.OnConnectAuthenticate, mqtt.OnACLCheck, mqtt.OnPublish}, []byte{b})
-}
-
-// OnPublish rejects retained messages: nothing in the protocol is
-// retained, and a retained message would reach a device long after its
-// sender left.
-func (h *topicACL) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, error) {
-	if pk.FixedHeader.Retain && !cl.Net.Inline {
-		return pk, packets.ErrRejectPacket
-	}
-	return pk, nil
-}
-
-// OnConnectAuthenticate admits, on the network, a device whose MDM
-// certificate names it (its client id), is signed by the service CA, has
-// not expired and belongs to a managed device; or an enrolling client
-// (client id "enroll-<request>") whose password is the enrollment token.
-// In-process connections are admitted by client id.
-func (h *topicACL) OnConnectAuthenticate(cl *mqtt.Client, pk packets.Packet) bool {
-	if pk.Connect.WillFlag {
-		// The broker publishes a will without an ACL check: no client
-		// may leave one, or it could write to another device's topics.
-		return false
-	}
-	enrolling := strings.HasPrefix(cl.ID, EnrollClientPrefix)
-	if protocol.ValidID(strings.TrimPrefix(cl.ID, EnrollClientPrefix)) != nil {
-		return false
-	}
-	if cl.Net.Listener == memoryListener {
-		return true
-	}
-	if enrolling {
-		return h.svc.checkToken(string(pk.Connect.Password))
-	}
-	tc, ok := cl.Net.Conn.(*tls.Conn)
-	if !ok {
-		return false
-	}
-	peers := tc.ConnectionState().PeerCertificates
-	if len(peers) == 0 {
-		return false
-	}
-	tenant, device, err := h.svc.ca.DeviceIdentity(peers[0], h.svc.opts.Clock.Now())
-	if err != nil || tenant != h.svc.opts.Tenant || device != cl.ID {
-		h.svc.opts.Logger.Debug("connection refused", "client", cl.ID, "remote", cl.Net.Remote, "err", err)
-		return false
-	}
-	d, _, err := h.svc.Device(device)
-	return err == nil && d.Managed()
-}
-
-// OnACLCheck allows a client its own topics only.
-func (h *topicACL) OnACLCheck(cl *mqtt.Client, topic string, write bool) bool {
-	t, err := protocol.ParseTopic(topic)
-	if err != nil || t.Tenant != h.svc.opts.Tenant {
-		return false
-	}
-	switch t.Kind {
-	case protocol.TopicUplink:
-		return write && cl.ID == t.ID
-	case protocol.TopicDownlink:
-		return !write && cl.ID == t.ID
-	case protocol.TopicEnrollRequest:
-		return write && cl.ID == EnrollClientPrefix+t.ID
-	case protocol.TopicEnrollResponse:
-		return !write && cl.ID == EnrollClientPrefix+t.ID
-	}
-	return false
 }

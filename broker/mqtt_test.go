@@ -5,6 +5,7 @@ import (
 	"errors"
 	"net"
 	"net/url"
+	"strings"
 	"testing"
 	"time"
 
@@ -36,9 +37,37 @@ func newTestBroker(t *testing.T, h *harness, withTLS bool) (*Broker, net.Addr) {
 }
 
 // pahoClient connects a real MQTT client to the embedded broker over
-// net.Pipe, the in-memory transport, and returns it with the channel of
-// the messages it receives.
-func pahoClient(t *testing.T, b *Broker, clientID string) (paho.Client, chan paho.Message) {
+// net.Pipe, the in-memory transport, with the credentials of clientID (the
+// enrollment token for an enrolling client, the connect token of the
+// device's current certificate for a device), and returns it with the
+// channel of the messages it receives.
+func pahoClient(t *testing.T, h *harness, b *Broker, clientID string) (paho.Client, chan paho.Message) {
+	t.Helper()
+	user, password := credentialsOf(t, h, clientID)
+	c, msgs, err := pahoClientAs(t, b, clientID, user, password)
+	if err != nil {
+		t.Fatalf("connect %s: %v", clientID, err)
+	}
+	return c, msgs
+}
+
+// credentialsOf returns the MQTT user name and password of a client.
+func credentialsOf(t *testing.T, h *harness, clientID string) (string, string) {
+	t.Helper()
+	if strings.HasPrefix(clientID, EnrollClientPrefix) {
+		return EnrollUsername, h.token
+	}
+	svc := h.svc
+	d, _, err := svc.Device(clientID)
+	if err != nil {
+		t.Fatalf("credentials of %s: %v", clientID, err)
+	}
+	return clientID, svc.ca.ConnectToken(svc.opts.Tenant, clientID, d.CertSerial)
+}
+
+// pahoClientAs connects a real MQTT client over net.Pipe with the given
+// credentials and returns the broker's refusal, if any.
+func pahoClientAs(t *testing.T, b *Broker, clientID, user, password string) (paho.Client, chan paho.Message, error) {
 	t.Helper()
 	msgs := make(chan paho.Message, 16)
 	opts := paho.NewClientOptions().
@@ -53,12 +82,19 @@ func pahoClient(t *testing.T, b *Broker, clientID string) (paho.Client, chan pah
 			go b.Connect(server)
 			return client, nil
 		})
+	if user != "" || password != "" {
+		opts.SetUsername(user).SetPassword(password)
+	}
 	c := paho.NewClient(opts)
-	if tok := c.Connect(); !tok.WaitTimeout(5*time.Second) || tok.Error() != nil {
-		t.Fatalf("connect %s: %v", clientID, tok.Error())
+	tok := c.Connect()
+	if !tok.WaitTimeout(5 * time.Second) {
+		t.Fatalf("connect %s: timed out", clientID)
+	}
+	if tok.Error() != nil {
+		return nil, nil, tok.Error()
 	}
 	t.Cleanup(func() { c.Disconnect(100) })
-	return c, msgs
+	return c, msgs, nil
 }
 
 func subscribe(t *testing.T, c paho.Client, topic string) byte {
@@ -117,7 +153,7 @@ func TestOverMQTT(t *testing.T) {
 	}
 
 	// Enrollment, as client enroll-<request>.
-	enroller, msgs := pahoClient(t, b, EnrollClientPrefix+"r-42")
+	enroller, msgs := pahoClient(t, h, b, EnrollClientPrefix+"r-42")
 	if qos := subscribe(t, enroller, protocol.EnrollResponseTopic("contoso", "r-42")); qos != 1 {
 		t.Fatalf("subscribe to its own enrollment response: granted %d", qos)
 	}
@@ -135,7 +171,7 @@ func TestOverMQTT(t *testing.T) {
 
 	// The device, as client <device id>.
 	dev := enrolled.Device
-	c, msgs := pahoClient(t, b, dev)
+	c, msgs := pahoClient(t, h, b, dev)
 	if qos := subscribe(t, c, protocol.DownlinkTopic("contoso", dev)); qos != 1 {
 		t.Fatalf("subscribe to its own downlink: granted %d", qos)
 	}
@@ -192,7 +228,7 @@ func TestFanOutRate(t *testing.T) {
 	for range 25 {
 		devs = append(devs, h.mustEnroll(protocol.PlatformAndroid, "ada@contoso.example"))
 	}
-	c, msgs := pahoClient(t, b, devs[0].id)
+	c, msgs := pahoClient(t, h, b, devs[0].id)
 	subscribe(t, c, protocol.DownlinkTopic("contoso", devs[0].id))
 	mustDo(t, h.svc.SetAuthority, ModeIntune)
 
@@ -235,7 +271,7 @@ type mqttDevice struct {
 
 func (h *harness) mqttEnroll(t *testing.T, b *Broker, p protocol.Platform, user, request string) *mqttDevice {
 	t.Helper()
-	enroller, msgs := pahoClient(t, b, EnrollClientPrefix+request)
+	enroller, msgs := pahoClient(t, h, b, EnrollClientPrefix+request)
 	subscribe(t, enroller, protocol.EnrollResponseTopic("contoso", request))
 	_, csr, _ := NewDeviceKeyAndCSR()
 	typ := protocol.EnrollUser
@@ -249,7 +285,7 @@ func (h *harness) mqttEnroll(t *testing.T, b *Broker, p protocol.Platform, user,
 	if resp.Error != protocol.CodeNone {
 		t.Fatalf("enroll %s: %s", p, resp.Error)
 	}
-	c, dmsgs := pahoClient(t, b, resp.Device)
+	c, dmsgs := pahoClient(t, h, b, resp.Device)
 	subscribe(t, c, protocol.DownlinkTopic("contoso", resp.Device))
 	return &mqttDevice{t: t, h: h, id: resp.Device, c: c, msgs: dmsgs}
 }

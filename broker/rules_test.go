@@ -167,7 +167,7 @@ func TestCheckInRacingAChange(t *testing.T) {
 		_, _, err := h.svc.SetAuthority(ModeIntune) // races the check-in's write
 		changed <- err
 	}()
-	h.svc.checkIn(d.id, &protocol.CheckIn{Reason: protocol.CheckInScheduled,
+	h.svc.checkIn(d.id, &protocol.Envelope{ID: protocol.MessageID{1}, Sent: protocol.At(h.clock.Now())}, &protocol.CheckIn{Reason: protocol.CheckInScheduled,
 		CertificateExpiry: protocol.At(d.expiry), DesiredVersion: d.version})
 	if err := <-changed; err != nil {
 		t.Fatal(err)

@@ -393,6 +393,17 @@ func (s *Service) handle(ctx context.Context, topic string, payload []byte) ([]O
 	if err := tp.Admits(&env); err != nil {
 		return nil, err
 	}
+	if ahead := env.Sent.Time().Sub(s.opts.Clock.Now()); ahead > MaxClockSkew {
+		err := fmt.Errorf("%s on %s sent %s ahead of the service's clock: %w", env.Kind(), topic, ahead.Round(time.Second), ErrClockSkew)
+		if _, ok := env.Body.(*protocol.CheckIn); ok {
+			// Answered, so that the device can say what is wrong;
+			// nothing is recorded.
+			out, rerr := s.reply(protocol.DownlinkTopic(s.opts.Tenant, tp.ID), tp.ID, env.ID,
+				&protocol.CheckInResponse{Error: protocol.CodeBadRequest, Message: "the device clock is more than 24 hours ahead of the service; set the device's date and time"})
+			return out, errors.Join(err, rerr)
+		}
+		return nil, err
+	}
 	switch m := env.Body.(type) {
 	case *protocol.EnrollRequest:
 		key := enrollKey{request: tp.ID, id: env.ID}
@@ -406,16 +417,19 @@ func (s *Service) handle(ctx context.Context, topic string, payload []byte) ([]O
 		}
 		return s.reply(protocol.EnrollResponseTopic(s.opts.Tenant, tp.ID), "", env.ID, resp)
 	case *protocol.CheckIn:
-		resp, err := s.checkIn(tp.ID, m)
-		if err != nil {
+		resp, err := s.checkIn(tp.ID, &env, m)
+		if err != nil && resp == nil {
 			return nil, err
 		}
-		s.metrics.checkIns[resp.Error].Add(1)
-		return s.reply(protocol.DownlinkTopic(s.opts.Tenant, tp.ID), tp.ID, env.ID, resp)
+		if err == nil {
+			s.metrics.checkIns[resp.Error].Add(1)
+		}
+		out, rerr := s.reply(protocol.DownlinkTopic(s.opts.Tenant, tp.ID), tp.ID, env.ID, resp)
+		return out, errors.Join(err, rerr)
 	case *protocol.CommandResult:
 		return nil, s.commandResult(tp.ID, m)
 	case *protocol.ComplianceReport:
-		return nil, s.complianceReport(tp.ID, m)
+		return nil, s.complianceReport(tp.ID, &env, m)
 	case *protocol.Unenroll:
 		return nil, s.unenroll(tp.ID)
 	}
@@ -472,7 +486,8 @@ func (s *Service) enroll(m *protocol.EnrollRequest) *protocol.EnrollResponse {
 		return refuseEnroll(protocol.CodeInternal)
 	}
 	s.opts.Logger.Info("device enrolled", "device", id, "platform", m.Platform, "authority", authority, "user", m.User != "")
-	return &protocol.EnrollResponse{Device: id, Certificate: der, Authority: authority, Epoch: t.Epoch, CACertificate: s.ca.CertificateDER()}
+	return &protocol.EnrollResponse{Device: id, Certificate: der, Authority: authority, Epoch: t.Epoch,
+		CACertificate: s.ca.CertificateDER(), ConnectToken: s.ca.ConnectToken(s.opts.Tenant, id, d.CertSerial)}
 }
 
 func refuseCheckIn(code protocol.ErrorCode) *protocol.CheckInResponse {
@@ -480,8 +495,10 @@ func refuseCheckIn(code protocol.ErrorCode) *protocol.CheckInResponse {
 }
 
 // checkIn applies a device's check-in and answers it. A refusal is an
-// answer too; the error is for failures of the service itself.
-func (s *Service) checkIn(id string, m *protocol.CheckIn) (*protocol.CheckInResponse, error) {
+// answer too. The error is for failures of the service itself (with no
+// answer), or for a check-in older than one already applied, which is
+// answered with a refusal and changes nothing.
+func (s *Service) checkIn(id string, env *protocol.Envelope, m *protocol.CheckIn) (*protocol.CheckInResponse, error) {
 	now := s.opts.Clock.Now()
 	t, catalog, release, err := s.snapshot()
 	if err != nil {
@@ -493,8 +510,9 @@ func (s *Service) checkIn(id string, m *protocol.CheckIn) (*protocol.CheckInResp
 	}
 	var resp *protocol.CheckInResponse
 	var renewCSR []byte
+	var replay error
 	err = s.store.Batch(func(tx *Tx) error {
-		renewCSR = nil
+		renewCSR, replay = nil, nil
 		d, err := tx.Device(id)
 		if errors.Is(err, ErrNotFound) {
 			resp = refuseCheckIn(protocol.CodeNotEnrolled)
@@ -502,6 +520,12 @@ func (s *Service) checkIn(id string, m *protocol.CheckIn) (*protocol.CheckInResp
 		} else if err != nil {
 			return err
 		}
+		if replay = d.replayed(env); replay != nil {
+			resp = &protocol.CheckInResponse{Error: protocol.CodeReplayed,
+				Message: "the service has applied a newer message from this device; if this repeats, check the device's date and time"}
+			return nil
+		}
+		d.LastMessage, d.LastMessageSent = env.ID, env.Sent.Time()
 		if err := tx.unqueuePush(d); err != nil {
 			return err
 		}
@@ -543,6 +567,9 @@ func (s *Service) checkIn(id string, m *protocol.CheckIn) (*protocol.CheckInResp
 	if err != nil {
 		return nil, fmt.Errorf("check-in of %s: %w", id, err)
 	}
+	if replay != nil {
+		return resp, fmt.Errorf("check-in of %s: %w", id, replay)
+	}
 	if renewCSR != nil {
 		if err := s.renew(id, renewCSR, resp, now); err != nil {
 			s.opts.Logger.Warn("certificate renewal refused", "device", id, "err", err)
@@ -580,6 +607,7 @@ func (s *Service) renew(id string, csr []byte, resp *protocol.CheckInResponse, n
 		if err != nil {
 			return err
 		}
+		d.PrevCertSerial, d.PrevCertNotAfter = d.CertSerial, d.CertNotAfter
 		d.CertSerial, d.CertNotAfter = cert.SerialNumber.Text(16), cert.NotAfter
 		return tx.PutDevice(d)
 	})
@@ -587,6 +615,7 @@ func (s *Service) renew(id string, csr []byte, resp *protocol.CheckInResponse, n
 		return err
 	}
 	resp.Certificate = der
+	resp.ConnectToken = s.ca.ConnectToken(s.opts.Tenant, id, cert.SerialNumber.Text(16))
 	return nil
 }
 
@@ -704,10 +733,21 @@ func (r *recentEnrollments) put(k enrollKey, resp *protocol.EnrollResponse) {
 	r.order = append(r.order, k)
 }
 
-// ErrReplayed is returned for a message the service had already applied.
+// ErrReplayed is returned for a message the service had already applied,
+// or one older than a message it applied.
 var ErrReplayed = errors.New("already applied")
 
-func (s *Service) complianceReport(id string, r *protocol.ComplianceReport) error {
+// MaxClockSkew is how far ahead of the service's clock a device's message
+// may be sent. One sent later is refused with ErrClockSkew: it is forged
+// or its device's clock is wrong, and accepting it would make the device's
+// next honest messages look older than it.
+const MaxClockSkew = 24 * time.Hour
+
+// ErrClockSkew is returned for a message sent more than MaxClockSkew
+// ahead of the service's clock.
+var ErrClockSkew = errors.New("sent too far in the future")
+
+func (s *Service) complianceReport(id string, env *protocol.Envelope, r *protocol.ComplianceReport) error {
 	now := s.opts.Clock.Now()
 	return s.store.Update(func(tx *Tx) error {
 		d, err := tx.Device(id)
@@ -717,6 +757,10 @@ func (s *Service) complianceReport(id string, r *protocol.ComplianceReport) erro
 		if !d.Managed() {
 			return fmt.Errorf("compliance report of %s device %s: %w", d.State, id, ErrUnexpected)
 		}
+		if err := d.replayed(env); err != nil {
+			return fmt.Errorf("compliance report of %s: %w", id, err)
+		}
+		d.LastMessage, d.LastMessageSent = env.ID, env.Sent.Time()
 		d.Compliance, d.ComplianceReportedAt = r.Compliance, now
 		if r.OSVersion != "" {
 			d.OSVersion = r.OSVersion

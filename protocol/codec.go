@@ -185,6 +185,22 @@ func (id MessageID) String() string { return hex.EncodeToString(id[:]) }
 // MarshalText implements encoding.TextMarshaler (hex) for JSON and logs.
 func (id MessageID) MarshalText() ([]byte, error) { return []byte(id.String()), nil }
 
+// UnmarshalText implements encoding.TextUnmarshaler: 32 hex digits, or
+// nothing for the zero id.
+func (id *MessageID) UnmarshalText(b []byte) error {
+	if len(b) == 0 {
+		*id = MessageID{}
+		return nil
+	}
+	if len(b) != 2*len(id) {
+		return fmt.Errorf("message id %.40q: want %d hex digits", b, 2*len(id))
+	}
+	if _, err := hex.Decode(id[:], b); err != nil {
+		return fmt.Errorf("message id %.40q: %w", b, err)
+	}
+	return nil
+}
+
 // UnmarshalCBOR decodes a byte string of exactly 16 bytes, in any valid
 // encoding of its length; null and undefined leave the id zero ("absent").
 // The default decoding of a Go array would silently truncate or pad other

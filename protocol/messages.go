@@ -118,6 +118,10 @@ type EnrollResponse struct {
 	Error ErrorCode `cbor:"6,keyasint,omitempty"`
 	// Message explains Error to a person.
 	Message string `cbor:"7,keyasint,omitempty"`
+	// ConnectToken is the MQTT password of the device on connections
+	// without a client certificate (the in-process transport, a plain-TCP
+	// listener). It is bound to Certificate: a renewal replaces it.
+	ConnectToken string `cbor:"8,keyasint,omitempty"`
 }
 
 // Kind implements Body.
@@ -127,7 +131,7 @@ func (m *EnrollResponse) validate(v *validator) {
 	v.enum("error", m.Error.Valid())
 	v.text("message", m.Message, 0, MaxMessageText)
 	if m.Error != CodeNone {
-		if m.Device != "" || len(m.Certificate) > 0 || m.Authority != 0 || m.Epoch != 0 || len(m.CACertificate) > 0 {
+		if m.Device != "" || len(m.Certificate) > 0 || m.Authority != 0 || m.Epoch != 0 || len(m.CACertificate) > 0 || m.ConnectToken != "" {
 			v.fail("error", "a refusal carries only error and message")
 		}
 		return
@@ -135,6 +139,7 @@ func (m *EnrollResponse) validate(v *validator) {
 	v.id("device", m.Device)
 	v.bytes("certificate", m.Certificate, 1, MaxCertificate)
 	v.bytes("ca_certificate", m.CACertificate, 0, MaxCertificate)
+	v.text("connect_token", m.ConnectToken, 0, MaxTokenLen)
 	if !m.Authority.Valid() || m.Authority == AuthorityUnknown {
 		v.fail("authority", "must be intune or office365")
 	}
@@ -346,6 +351,9 @@ type CheckInResponse struct {
 	Error ErrorCode `cbor:"10,keyasint,omitempty"`
 	// Message explains Error to a person.
 	Message string `cbor:"11,keyasint,omitempty"`
+	// ConnectToken replaces the device's MQTT password for connections
+	// without a client certificate; it comes with a renewed Certificate.
+	ConnectToken string `cbor:"12,keyasint,omitempty"`
 }
 
 // Kind implements Body.
@@ -357,7 +365,7 @@ func (m *CheckInResponse) validate(v *validator) {
 	if m.Error != CodeNone {
 		if m.Authority != 0 || m.Epoch != 0 || m.ChangedAt != 0 || m.DesiredVersion != 0 ||
 			len(m.Profiles) > 0 || m.RetainUntil != 0 || len(m.Commands) > 0 || m.NextCheckIn != 0 ||
-			len(m.Certificate) > 0 {
+			len(m.Certificate) > 0 || m.ConnectToken != "" {
 			v.fail("error", "a refusal carries only error and message")
 		}
 		return
@@ -388,6 +396,10 @@ func (m *CheckInResponse) validate(v *validator) {
 		v.fail("next_checkin", "longer than 7 days")
 	}
 	v.bytes("certificate", m.Certificate, 0, MaxCertificate)
+	v.text("connect_token", m.ConnectToken, 0, MaxTokenLen)
+	if m.ConnectToken != "" && len(m.Certificate) == 0 {
+		v.fail("connect_token", "comes only with a renewed certificate")
+	}
 }
 
 // Push asks a device to check in now. Like APNs and WNS it is best effort:

@@ -203,6 +203,7 @@ func (w *writer) body(b Body) {
 		m.bytes(5, b.CACertificate, true)
 		m.uint(6, uint64(b.Error), true)
 		m.text(7, b.Message, true)
+		m.text(8, b.ConnectToken, true)
 		m.end()
 	case *CheckIn:
 		m := w.beginMap()
@@ -263,6 +264,7 @@ func (w *writer) body(b Body) {
 		m.bytes(9, b.Certificate, true)
 		m.uint(10, uint64(b.Error), true)
 		m.text(11, b.Message, true)
+		m.text(12, b.ConnectToken, true)
 		m.end()
 	case *Push:
 		m := w.beginMap()
@@ -746,6 +748,8 @@ func (r *reader) body(b Body) error {
 				err = r.enum("error", (*uint8)(&m.Error))
 			case 7:
 				m.Message, err = r.text("message")
+			case 8:
+				m.ConnectToken, err = r.text("connect_token")
 			default:
 				return errUnknownField
 			}
@@ -802,6 +806,8 @@ func (r *reader) body(b Body) error {
 				err = r.enum("error", (*uint8)(&m.Error))
 			case 11:
 				m.Message, err = r.text("message")
+			case 12:
+				m.ConnectToken, err = r.text("connect_token")
 			default:
 				return errUnknownField
 			}
