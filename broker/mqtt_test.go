@@ -74,6 +74,7 @@ func pahoClientAs(t *testing.T, b *Broker, clientID, user, password string) (pah
 		AddBroker("tcp://memory:1883").
 		SetClientID(clientID).
 		SetCleanSession(true).
+		SetProtocolVersion(4). // by default paho tries 3.1 after a refusal
 		SetAutoReconnect(false).
 		SetConnectTimeout(5 * time.Second).
 		SetDefaultPublishHandler(func(_ paho.Client, m paho.Message) { msgs <- m }).

@@ -30,6 +30,12 @@ type ServerConfig struct {
 	// certificate, besides localhost and the loopback addresses: the names
 	// devices use to reach the service.
 	MQTTNames []string
+	// MQTTTCPAddr, when set, is where plain MQTT (no TLS) listens as well.
+	// Devices authenticate there with their connect token, which crosses
+	// the network in cleartext, so it must be a loopback address unless
+	// MQTTTCPAllowRemote is set.
+	MQTTTCPAddr        string
+	MQTTTCPAllowRemote bool
 	// AdminAddr is where the admin HTTP API listens, such as
 	// "127.0.0.1:8440". It speaks plain HTTP, so it must be a loopback
 	// address unless AdminAllowRemote is set.
@@ -54,7 +60,9 @@ type ServerConfig struct {
 
 // ServerInfo tells where a running server listens and keeps its files.
 type ServerInfo struct {
-	MQTTAddr            net.Addr
+	MQTTAddr net.Addr
+	// MQTTTCPAddr is the plain-MQTT listener's address; nil without one.
+	MQTTTCPAddr         net.Addr
 	AdminURL            string
 	DataDir             string
 	AdminTokenFile      string
@@ -89,6 +97,9 @@ func RunServer(ctx context.Context, cfg ServerConfig) error {
 	}
 	if !cfg.AdminAllowRemote && !loopback(cfg.AdminAddr) {
 		return fmt.Errorf("admin API on %s: it speaks plain HTTP, so its token would cross the network in cleartext; use a loopback address (127.0.0.1:8440) or pass --admin-allow-remote behind a TLS proxy", cfg.AdminAddr)
+	}
+	if cfg.MQTTTCPAddr != "" && !cfg.MQTTTCPAllowRemote && !loopback(cfg.MQTTTCPAddr) {
+		return fmt.Errorf("plain MQTT on %s: device connect tokens and the enrollment token would cross the network in cleartext; use a loopback address (127.0.0.1:1883), MQTT over TLS (--mqtt), or pass --mqtt-tcp-allow-remote on a trusted network or behind a TLS proxy", cfg.MQTTTCPAddr)
 	}
 	info := ServerInfo{
 		DataDir:             cfg.DataDir,
@@ -146,6 +157,11 @@ func RunServer(ctx context.Context, cfg ServerConfig) error {
 	}
 	if info.MQTTAddr, err = b.ListenTLS(cfg.MQTTAddr, names); err != nil {
 		return err
+	}
+	if cfg.MQTTTCPAddr != "" {
+		if info.MQTTTCPAddr, err = b.ListenTCP(cfg.MQTTTCPAddr); err != nil {
+			return err
+		}
 	}
 	if err := b.Serve(); err != nil {
 		return fmt.Errorf("start MQTT broker: %w", err)

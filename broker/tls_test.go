@@ -127,6 +127,10 @@ func TestServerGuards(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "cleartext") {
 		t.Errorf("admin API on 0.0.0.0 = %v; want a refusal explaining why", err)
 	}
+	err = RunServer(t.Context(), ServerConfig{DataDir: t.TempDir(), AdminAddr: "127.0.0.1:0", MQTTAddr: "127.0.0.1:0", MQTTTCPAddr: "0.0.0.0:0", PushRate: 10})
+	if err == nil || !strings.Contains(err.Error(), "--mqtt-tcp-allow-remote") {
+		t.Errorf("plain MQTT on 0.0.0.0 = %v; want a refusal explaining why", err)
+	}
 	dir := t.TempDir()
 	store, _ := OpenStore(filepath.Join(dir, "mdm.db"))
 	if err := store.ClaimTenant("contoso"); err != nil {

@@ -14,6 +14,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -30,7 +31,8 @@ const usageHead = `Usage: mdm-broker <command> [flags]
 
 Run the service:
   serve [--data DIR] [--tenant ID] [--mqtt ADDR] [--mqtt-name NAME ...]
-        [--admin ADDR] [--push-rate N] [--cert-validity D] [--retention D] [-v]
+        [--mqtt-tcp ADDR] [--admin ADDR] [--push-rate N] [--cert-validity D]
+        [--retention D] [-v]
 
 Administer a running service (tables by default, --json for JSON; the
 admin token is read from DATA/admin.token):
@@ -87,12 +89,22 @@ func defaultDataDir() string {
 	return filepath.Join(home, ".local", "state", "mdm-broker")
 }
 
+// plainMQTT is the banner's line for the plain-MQTT listener, if any.
+func plainMQTT(addr net.Addr) string {
+	if addr == nil {
+		return ""
+	}
+	return "\n  plain MQTT         " + addr.String() + "  (no TLS: devices use their connect token)"
+}
+
 func serve(args []string) error {
 	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
 	data := fs.String("data", "", "directory of the store, the CA and the token files (default $XDG_STATE_HOME/mdm-broker or ~/.local/state/mdm-broker)")
 	tenant := fs.String("tenant", "default", "tenant id, as it appears in the MQTT topics")
 	mqttAddr := fs.String("mqtt", "127.0.0.1:8883", "address of MQTT over TLS")
 	mqttNames := fs.StringArray("mqtt-name", nil, "a host name or IP address devices use to reach the service, added to its TLS certificate (repeat for several; localhost and loopback are always in)")
+	tcpAddr := fs.String("mqtt-tcp", "", "also serve plain MQTT without TLS on this address, such as 127.0.0.1:1883 (off by default; devices authenticate with their connect token, in cleartext: loopback only unless --mqtt-tcp-allow-remote)")
+	tcpRemote := fs.Bool("mqtt-tcp-allow-remote", false, "let --mqtt-tcp listen on a non-loopback address (a trusted load-test network, or behind a TLS-terminating proxy)")
 	adminAddr := fs.String("admin", "127.0.0.1:8440", "address of the admin HTTP API (plain HTTP: loopback only unless --admin-allow-remote)")
 	allowRemote := fs.Bool("admin-allow-remote", false, "let the admin API listen on a non-loopback address (put a TLS proxy in front of it)")
 	pushRate := fs.Int("push-rate", 500, "most check-in pushes sent per second during a fan-out")
@@ -128,11 +140,12 @@ func serve(args []string) error {
 	defer stop()
 	return broker.RunServer(ctx, broker.ServerConfig{
 		DataDir: dir, Tenant: *tenant, MQTTAddr: *mqttAddr, MQTTNames: *mqttNames,
+		MQTTTCPAddr: *tcpAddr, MQTTTCPAllowRemote: *tcpRemote,
 		AdminAddr: *adminAddr, AdminAllowRemote: *allowRemote,
 		PushRate: *pushRate, CertValidity: *validity, RetentionPeriod: *retention, Logger: logger,
 		Ready: func(i broker.ServerInfo) {
 			fmt.Printf(`mdm-broker serving tenant %q
-  MQTT over TLS      %s
+  MQTT over TLS      %s%s
   admin API          %s
   data               %s
   admin token        %s
@@ -140,7 +153,7 @@ func serve(args []string) error {
   CA certificate     %s  (devices need it to trust the service)
   retention          %s  (old authority's profiles after a change)
 Press Ctrl-C to stop.
-`, *tenant, i.MQTTAddr, i.AdminURL, i.DataDir, i.AdminTokenFile, i.EnrollmentTokenFile, i.CACertFile, *retention)
+`, *tenant, i.MQTTAddr, plainMQTT(i.MQTTTCPAddr), i.AdminURL, i.DataDir, i.AdminTokenFile, i.EnrollmentTokenFile, i.CACertFile, *retention)
 			if i.Repushed > 0 {
 				logger.Info("pushes pending from the last run made due again", "count", i.Repushed)
 			}
