@@ -32,6 +32,8 @@ type Broker struct {
 	server *mqtt.Server
 	svc    *Service
 	log    *slog.Logger
+	// badInput logs dropped device messages at a bounded rate.
+	badInput *rateLog
 
 	closeOnce sync.Once
 	closeErr  error
@@ -75,7 +77,7 @@ func NewBroker(svc *Service, logger *slog.Logger) (*Broker, error) {
 	if err := s.AddHook(&authHook{svc: svc, log: newRateLog(logger, svc.opts.Clock)}, nil); err != nil {
 		return nil, fmt.Errorf("broker: %w", err)
 	}
-	b := &Broker{server: s, svc: svc, log: logger}
+	b := &Broker{server: s, svc: svc, log: logger, badInput: newRateLog(logger, svc.opts.Clock)}
 	for i, filter := range protocol.ServiceFilters(svc.opts.Tenant) {
 		if err := s.Subscribe(filter, i+1, b.onMessage); err != nil {
 			return nil, fmt.Errorf("broker: subscribe %s: %w", filter, err)
@@ -155,11 +157,13 @@ func (b *Broker) ListenTCP(addr string) (net.Addr, error) {
 }
 
 // onMessage hands a device's message to the service and publishes the
-// answers.
-func (b *Broker) onMessage(_ *mqtt.Client, _ packets.Subscription, pk packets.Packet) {
+// answers. A message the service drops is counted there and logged here,
+// at a bounded rate.
+func (b *Broker) onMessage(cl *mqtt.Client, _ packets.Subscription, pk packets.Packet) {
 	out, err := b.svc.HandleMessage(context.Background(), pk.TopicName, pk.Payload)
 	if err != nil {
-		b.log.Debug("message dropped", "topic", pk.TopicName, "err", err)
+		b.badInput.Warn("device message dropped", "client", cl.ID, "remote", cl.Net.Remote,
+			"topic", pk.TopicName, "bytes", len(pk.Payload), "reason", dropNames[dropReason(err)], "err", err)
 	}
 	b.publish(out)
 }

@@ -521,8 +521,14 @@ func (s *Service) checkIn(id string, env *protocol.Envelope, m *protocol.CheckIn
 			return err
 		}
 		if replay = d.replayed(env); replay != nil {
-			resp = &protocol.CheckInResponse{Error: protocol.CodeReplayed,
-				Message: "the service has applied a newer message from this device; if this repeats, check the device's date and time"}
+			// The same message again was answered the first time; an
+			// older one is answered, so that a device whose clock went
+			// back can say why it is refused.
+			resp = nil
+			if env.ID != d.LastMessage {
+				resp = &protocol.CheckInResponse{Error: protocol.CodeReplayed,
+					Message: "the service has applied a newer message from this device; if this repeats, check the device's date and time"}
+			}
 			return nil
 		}
 		d.LastMessage, d.LastMessageSent = env.ID, env.Sent.Time()
@@ -569,6 +575,9 @@ func (s *Service) checkIn(id string, env *protocol.Envelope, m *protocol.CheckIn
 	}
 	if replay != nil {
 		return resp, fmt.Errorf("check-in of %s: %w", id, replay)
+	}
+	if resp == nil {
+		return nil, fmt.Errorf("check-in of %s: no answer", id) // unreachable
 	}
 	if renewCSR != nil {
 		if err := s.renew(id, renewCSR, resp, now); err != nil {
