@@ -281,6 +281,29 @@ func (s *Service) Housekeep() ([]string, error) {
 	return removed, err
 }
 
+// RemoveDevice deletes a device, its commands and its queued push, and
+// ends its MQTT session if it has one: its certificate and connect token
+// are refused from then on. It is how an admin revokes a device that will
+// not acknowledge a retire or wipe, such as a lost one. The device can
+// enroll again as a new device.
+func (s *Service) RemoveDevice(id string) error {
+	err := s.store.Update(func(tx *Tx) error {
+		d, err := tx.Device(id)
+		if err != nil {
+			return err
+		}
+		return tx.DeleteDevice(d)
+	})
+	if err != nil {
+		return fmt.Errorf("remove device %s: %w", id, err)
+	}
+	if kick := s.disconnect.Load(); kick != nil {
+		(*kick)(id)
+	}
+	s.opts.Logger.Info("device removed", "device", id)
+	return nil
+}
+
 // RepushPending makes every queued push due now. The service calls it at
 // start: after a crash or a restart in the middle of a fan-out, the devices
 // that have not checked in since are pushed again without waiting for their

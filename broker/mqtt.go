@@ -78,6 +78,8 @@ func NewBroker(svc *Service, logger *slog.Logger) (*Broker, error) {
 		return nil, fmt.Errorf("broker: %w", err)
 	}
 	b := &Broker{server: s, svc: svc, log: logger, badInput: newRateLog(logger, svc.opts.Clock)}
+	kick := b.disconnect
+	svc.disconnect.Store(&kick)
 	for i, filter := range protocol.ServiceFilters(svc.opts.Tenant) {
 		if err := s.Subscribe(filter, i+1, b.onMessage); err != nil {
 			return nil, fmt.Errorf("broker: subscribe %s: %w", filter, err)
@@ -191,6 +193,13 @@ func (l deadlineListener) Accept() (net.Conn, error) {
 		c.SetDeadline(time.Now().Add(connectTimeout))
 	}
 	return c, err
+}
+
+// disconnect ends the session of a client, if it is connected.
+func (b *Broker) disconnect(id string) {
+	if cl, ok := b.server.Clients.Get(id); ok && !cl.Net.Inline {
+		cl.Stop(packets.ErrNotAuthorized)
+	}
 }
 
 // PublishDuePushes publishes up to max pushes that are due and returns

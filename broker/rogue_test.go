@@ -379,3 +379,36 @@ func TestRogueImpersonation(t *testing.T) {
 		t.Error("the attacker's check-in as itself was not applied (control)")
 	}
 }
+
+// TestRogueRemoved: a device an admin removed loses its session at once
+// and cannot connect again with any credential.
+func TestRogueRemoved(t *testing.T) {
+	r := newRogueSetup(t)
+	c, _, err := r.dial(t, rogueDial{transport: "tls", clientID: r.victim, cert: &r.victimCert})
+	if err != nil {
+		t.Fatal(err)
+	}
+	token := r.token(r.victim)
+	if err := r.h.svc.RemoveDevice(r.victim); err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; c.IsConnectionOpen(); i++ {
+		if i == 500 {
+			t.Fatal("the removed device's session is still open after 5 s")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	count := r.refusals(connNotManaged)
+	for _, d := range []rogueDial{
+		{transport: "tls", clientID: r.victim, cert: &r.victimCert},
+		{transport: "tcp", clientID: r.victim, user: r.victim, pass: token},
+	} {
+		if _, _, err := r.dial(t, d); err == nil {
+			t.Errorf("removed device connected over %s", d.transport)
+		}
+	}
+	if got := r.refusals(connNotManaged); got != count+2 {
+		t.Errorf("not_managed refusals went from %d to %d; want 2 more", count, got)
+	}
+	r.admitted(t, "another device (control)", rogueDial{transport: "tls", clientID: r.own, cert: &r.ownCert})
+}

@@ -11,6 +11,7 @@ import (
 	"io"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/mdm-authority/mdm/protocol"
@@ -77,6 +78,10 @@ type Service struct {
 
 	metrics  metrics
 	enrolled recentEnrollments
+
+	// disconnect, set by the broker serving the service, ends a device's
+	// MQTT session.
+	disconnect atomic.Pointer[func(device string)]
 
 	mu       sync.RWMutex
 	tenant   *Tenant   // cached: read on every check-in, written by admin operations
