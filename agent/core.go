@@ -60,7 +60,17 @@ type Output struct {
 	Renewed bool
 	// Synced is the outcome of a manual sync, when one finished.
 	Synced *SyncResult
+	// Ignored says why Receive did nothing with a message, if it did
+	// nothing: one of the Ignored... reasons. The runner counts them.
+	Ignored string
 }
+
+// Why Receive ignores a message.
+const (
+	IgnoredStale   = "stale_response"  // an answer to a check-in no longer awaited
+	IgnoredKind    = "unexpected_kind" // a kind the service does not send a device
+	IgnoredStopped = "stopped"         // the device is no longer managed
+)
 
 func (o *Output) merge(x Output) {
 	o.Persist = o.Persist || x.Persist
@@ -318,7 +328,7 @@ func (c *Core) Finish(now time.Time, id string, status protocol.CommandStatus, e
 // caller has decoded and checked it against the topic.
 func (c *Core) Receive(now time.Time, env protocol.Envelope) Output {
 	if c.st.Stopped != "" {
-		return Output{}
+		return Output{Ignored: IgnoredStopped}
 	}
 	switch m := env.Body.(type) {
 	case *protocol.Push:
@@ -327,11 +337,11 @@ func (c *Core) Receive(now time.Time, env protocol.Envelope) Output {
 		return c.commands(now, []protocol.Command{*m})
 	case *protocol.CheckInResponse:
 		if env.ReplyTo != c.inflight || c.inflight == (protocol.MessageID{}) {
-			return Output{} // an answer to a check-in no longer waited for
+			return Output{Ignored: IgnoredStale}
 		}
 		return c.response(now, m)
 	}
-	return Output{}
+	return Output{Ignored: IgnoredKind}
 }
 
 func (c *Core) push(now time.Time) Output {

@@ -3,12 +3,13 @@ package agent
 import (
 	"bufio"
 	"bytes"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"os"
 	"strings"
+
+	"github.com/mdm-authority/mdm/protocol"
 )
 
 const (
@@ -111,9 +112,10 @@ func unquoteShellWord(s string) (string, error) {
 // LoadFacts reads a JSON facts file, such as
 // {"os_version": "17.4", "passcode": true, "encrypted": false}. It is
 // strict, because a misspelt field would otherwise silently read as false
-// and make the device look noncompliant: unknown fields, trailing data,
-// files over 64 KiB and OS versions over 64 bytes are errors. Missing fields
-// read as zero values.
+// and make the device look noncompliant: unknown fields, repeated keys
+// (also in another case: "Passcode" after "passcode"), trailing data, files
+// over 64 KiB and OS versions over 64 bytes are errors. Missing fields read
+// as zero values.
 func LoadFacts(path string) (Facts, error) {
 	f, err := os.Open(path)
 	if err != nil {
@@ -127,17 +129,12 @@ func LoadFacts(path string) (Facts, error) {
 	if len(data) > maxFactsSize {
 		return Facts{}, fmt.Errorf("load facts %s: file is larger than the limit of %d KiB; check the path", path, maxFactsSize>>10)
 	}
-	var facts Facts
-	dec := json.NewDecoder(bytes.NewReader(data))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(&facts); err != nil {
-		if errors.Is(err, io.EOF) {
-			return Facts{}, fmt.Errorf("load facts %s: file is empty; want a JSON object like %s", path, factsExample)
-		}
-		return Facts{}, fmt.Errorf("load facts %s: %w; want a JSON object like %s", path, err, factsExample)
+	if len(bytes.TrimSpace(data)) == 0 {
+		return Facts{}, fmt.Errorf("load facts %s: file is empty; want a JSON object like %s", path, factsExample)
 	}
-	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
-		return Facts{}, fmt.Errorf("load facts %s: data after the JSON object; the file must hold exactly one object", path)
+	var facts Facts
+	if err := protocol.DecodeJSON(data, maxFactsSize, &facts); err != nil {
+		return Facts{}, fmt.Errorf("load facts %s: %w; want a JSON object like %s", path, err, factsExample)
 	}
 	if len(facts.OSVersion) > maxOSVersionLen {
 		return Facts{}, fmt.Errorf("load facts %s: os_version is %d bytes, more than %d", path, len(facts.OSVersion), maxOSVersionLen)

@@ -109,12 +109,16 @@ func TestLoadFactsErrors(t *testing.T) {
 		name, content, want string
 	}{
 		{"empty", "", "file is empty"},
+		{"only whitespace", " \n", "file is empty"},
 		{"malformed", `{"os_version": "17.4",}`, "invalid character"},
-		{"not an object", `["17.4"]`, "cannot unmarshal"},
-		{"wrong type", `{"passcode": "yes"}`, "cannot unmarshal"},
+		{"not an object", `["17.4"]`, "JSON array at the document"},
+		{"wrong type", `{"passcode": "yes"}`, "JSON string at passcode"},
 		{"unknown field", `{"os_version": "17.4", "pascode": true}`, `unknown field "pascode"`},
-		{"trailing data", `{"os_version": "17.4"} {}`, "data after the JSON object"},
-		{"trailing garbage", `{"os_version": "17.4"}x`, "data after the JSON object"},
+		{"repeated key", `{"passcode": false, "passcode": true}`, "key passcode repeated"},
+		{"repeated key in another case", `{"passcode": false, "Passcode": true}`, "key Passcode repeated"},
+		{"deep nesting", `{"os_version": ` + strings.Repeat("[", 100) + strings.Repeat("]", 100) + `}`, "deeper than 32"},
+		{"trailing data", `{"os_version": "17.4"} {}`, "data after its value"},
+		{"trailing garbage", `{"os_version": "17.4"}x`, "data after its value"},
 		{"long version", `{"os_version": "` + strings.Repeat("1", 65) + `"}`, "os_version is 65 bytes, more than 64"},
 		{"oversized", `{"os_version": "17.4"}` + strings.Repeat(" ", 64<<10), "larger than the limit of 64 KiB"},
 	}

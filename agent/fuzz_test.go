@@ -2,6 +2,8 @@ package agent
 
 import (
 	"math/rand/v2"
+	"os"
+	"path/filepath"
 	"testing"
 	"time"
 
@@ -32,6 +34,23 @@ func FuzzReceive(f *testing.F) {
 		}
 		f.Add(payload, true)
 	}
+	// The protocol's golden vectors: one real message of every kind, as
+	// the service and devices encode them.
+	golden, err := filepath.Glob("../protocol/testdata/*.cbor")
+	if err != nil || len(golden) == 0 {
+		f.Fatalf("golden vectors in ../protocol/testdata: %v, %v; want some", golden, err)
+	}
+	for _, path := range golden {
+		payload, err := os.ReadFile(path)
+		if err != nil {
+			f.Fatal(err)
+		}
+		if _, err := protocol.Decode(payload); err != nil {
+			f.Fatalf("golden vector %s does not decode: %v", path, err)
+		}
+		f.Add(payload, true)
+		f.Add(payload, false)
+	}
 	f.Fuzz(func(t *testing.T, payload []byte, inFlight bool) {
 		env, err := protocol.Decode(payload)
 		if err != nil {
@@ -49,7 +68,11 @@ func FuzzReceive(f *testing.F) {
 		if inFlight && c.inflight != (protocol.MessageID{}) {
 			env.ReplyTo = c.inflight // make it the awaited answer
 		}
-		c.Receive(now.Add(time.Second), env)
+		switch out := c.Receive(now.Add(time.Second), env); out.Ignored {
+		case "", IgnoredStale, IgnoredKind:
+		default:
+			t.Fatalf("Receive ignored %s with reason %q", env.Kind(), out.Ignored)
+		}
 		c.Tick(now.Add(8 * 24 * time.Hour))
 		b, err := c.State().Encode()
 		if err != nil {

@@ -11,6 +11,8 @@ import (
 	"net/http"
 	"os"
 	"time"
+
+	"github.com/mdm-authority/mdm/protocol"
 )
 
 // The local control API: the running agent serves HTTP/JSON on a unix
@@ -20,6 +22,10 @@ import (
 //	GET  /v1/status    Status
 //	POST /v1/sync      SyncResult, when the check-in is answered
 //	POST /v1/unenroll  204, once the service was told and profiles removed
+//
+// Requests carry no body, or an empty JSON object. An error answer is
+// {"code": "...", "error": "..."}, the code one of bad_request, too_large,
+// not_found, method_not_allowed, conflict, busy and timeout.
 
 // ErrNotRunning means no agent answers on the state directory's socket,
 // or the one that answers is stopping.
@@ -128,37 +134,96 @@ func listenLocal(path string) (net.Listener, error) {
 	return peerCheckedListener{l}, nil
 }
 
+// maxLocalRequest bounds a request body of the local API: none of its
+// endpoints takes options yet, so an empty object is all there is to send.
+const maxLocalRequest = 1 << 10
+
+// Codes of the local API's error answers, {"code": ..., "error": ...}.
+const (
+	localBadRequest = "bad_request"        // a body that is not an empty JSON object
+	localTooLarge   = "too_large"          // a body over maxLocalRequest
+	localNotFound   = "not_found"          // no such endpoint
+	localMethod     = "method_not_allowed" // an endpoint that does not take the method
+	localConflict   = "conflict"           // the agent cannot do it now: offline, expired, stopped
+	localBusy       = "busy"               // the agent's loop did not take the request
+	localTimeout    = "timeout"            // the service did not answer in time
+)
+
 // localHandler serves the control API by handing requests to the runner's
 // loop.
 func localHandler(reqs chan<- localRequest) http.Handler {
 	mux := http.NewServeMux()
 	ask := func(w http.ResponseWriter, r *http.Request, kind string, timeout time.Duration) {
+		if code, err := checkLocalBody(r); err != nil {
+			status := http.StatusBadRequest
+			if code == localTooLarge {
+				status = http.StatusRequestEntityTooLarge
+			}
+			writeLocalError(w, status, code, err)
+			return
+		}
 		ctx, cancel := context.WithTimeout(r.Context(), timeout)
 		defer cancel()
 		reply := make(chan localReply, 1)
 		select {
 		case reqs <- localRequest{kind: kind, reply: reply}:
 		case <-ctx.Done():
-			writeLocal(w, http.StatusServiceUnavailable, nil, errors.New("the agent is busy or stopping"))
+			writeLocalError(w, http.StatusServiceUnavailable, localBusy, errors.New("the agent is busy or stopping"))
 			return
 		}
 		select {
 		case rep := <-reply:
-			code := http.StatusOK
-			if rep.err != nil {
-				code = http.StatusConflict
-			} else if rep.body == nil {
-				code = http.StatusNoContent
+			switch {
+			case rep.err != nil:
+				writeLocalError(w, http.StatusConflict, localConflict, rep.err)
+			case rep.body == nil:
+				w.WriteHeader(http.StatusNoContent)
+			default:
+				writeLocal(w, http.StatusOK, rep.body)
 			}
-			writeLocal(w, code, rep.body, rep.err)
 		case <-ctx.Done():
-			writeLocal(w, http.StatusGatewayTimeout, nil, fmt.Errorf("no answer from the service within %s; the agent keeps trying", timeout))
+			writeLocalError(w, http.StatusGatewayTimeout, localTimeout, fmt.Errorf("no answer from the service within %s; the agent keeps trying", timeout))
 		}
 	}
-	mux.HandleFunc("GET /v1/status", func(w http.ResponseWriter, r *http.Request) { ask(w, r, "status", 10*time.Second) })
-	mux.HandleFunc("POST /v1/sync", func(w http.ResponseWriter, r *http.Request) { ask(w, r, "sync", syncTimeout) })
-	mux.HandleFunc("POST /v1/unenroll", func(w http.ResponseWriter, r *http.Request) { ask(w, r, "unenroll", syncTimeout) })
-	return http.MaxBytesHandler(mux, 1<<10)
+	endpoints := []struct {
+		method, path, kind string
+		timeout            time.Duration
+	}{
+		{http.MethodGet, "/v1/status", "status", 10 * time.Second},
+		{http.MethodPost, "/v1/sync", "sync", syncTimeout},
+		{http.MethodPost, "/v1/unenroll", "unenroll", syncTimeout},
+	}
+	for _, e := range endpoints {
+		mux.HandleFunc(e.method+" "+e.path, func(w http.ResponseWriter, r *http.Request) { ask(w, r, e.kind, e.timeout) })
+		mux.HandleFunc(e.path, func(w http.ResponseWriter, r *http.Request) {
+			w.Header().Set("Allow", e.method)
+			writeLocalError(w, http.StatusMethodNotAllowed, localMethod, fmt.Errorf("%s %s: use %s", r.Method, e.path, e.method))
+		})
+	}
+	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		writeLocalError(w, http.StatusNotFound, localNotFound, fmt.Errorf("no endpoint %s %.100s; the agent serves GET /v1/status, POST /v1/sync and POST /v1/unenroll", r.Method, r.URL.Path))
+	})
+	return http.MaxBytesHandler(mux, maxLocalRequest)
+}
+
+// checkLocalBody accepts a request without a body or with an empty JSON
+// object, read strictly (protocol.DecodeJSON), and returns the error code
+// of anything else.
+func checkLocalBody(r *http.Request) (string, error) {
+	data, err := io.ReadAll(r.Body)
+	var mbe *http.MaxBytesError
+	switch {
+	case errors.As(err, &mbe):
+		return localTooLarge, fmt.Errorf("request body is more than %d bytes; send none", maxLocalRequest)
+	case err != nil:
+		return localBadRequest, fmt.Errorf("request body: %w", err)
+	case len(data) == 0:
+		return "", nil
+	}
+	if err := protocol.DecodeJSON(data, maxLocalRequest, &struct{}{}); err != nil {
+		return localBadRequest, fmt.Errorf("request body: %w; send none, or {}", err)
+	}
+	return "", nil
 }
 
 type localRequest struct {
@@ -171,23 +236,26 @@ type localReply struct {
 	err  error
 }
 
-func writeLocal(w http.ResponseWriter, code int, body any, err error) {
-	if err != nil {
-		body = struct {
-			Error string `json:"error"`
-		}{err.Error()}
-	}
-	if code == http.StatusNoContent {
-		w.WriteHeader(code)
-		return
-	}
+// localError is the body of an error answer.
+type localError struct {
+	Code  string `json:"code"`
+	Error string `json:"error"`
+}
+
+func writeLocalError(w http.ResponseWriter, status int, code string, err error) {
+	writeLocal(w, status, localError{code, err.Error()})
+}
+
+func writeLocal(w http.ResponseWriter, status int, body any) {
 	var b bytes.Buffer
 	enc := json.NewEncoder(&b)
 	enc.SetIndent("", "  ")
 	if err := enc.Encode(body); err != nil {
-		code = http.StatusInternalServerError
+		status = http.StatusInternalServerError
+		b.Reset()
+		json.NewEncoder(&b).Encode(localError{"internal", "encode answer: " + err.Error()})
 	}
 	w.Header().Set("Content-Type", "application/json")
-	w.WriteHeader(code)
+	w.WriteHeader(status)
 	w.Write(b.Bytes())
 }

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"math/rand/v2"
 	"net/http"
 	"os"
@@ -73,6 +74,9 @@ type runner struct {
 	syncWaiters []chan<- localReply
 	stopWaiter  chan<- localReply
 	lastFacts   time.Time
+	// rejected counts the messages from the service dropped since the
+	// agent started, by reason (see rejectReason and Output.Ignored).
+	rejected map[string]uint64
 }
 
 type eventKind uint8
@@ -131,7 +135,7 @@ func Run(ctx context.Context, opts Options) error {
 	}
 	r := &runner{
 		opts: opts, files: f, log: opts.Logger,
-		events: make(chan event, 64), local: make(chan localRequest),
+		events: make(chan event, 64), local: make(chan localRequest), rejected: map[string]uint64{},
 	}
 	r.core = New(st, Config{
 		Rand: newRand(),
@@ -330,12 +334,7 @@ func (r *runner) step(ctx context.Context, timer <-chan time.Time, connect chan<
 			if r.currentSession() != ev.session {
 				break
 			}
-			env, err := r.admit(ev.topic, ev.payload)
-			if err != nil {
-				r.log.Warn("dropped a message from the service", "topic", ev.topic, "err", err)
-				break
-			}
-			out = r.core.Receive(r.now(), env)
+			out = r.receive(ev.topic, ev.payload)
 		case evPublished:
 			out = r.core.Published(ev.env)
 		case evLockDone:
@@ -385,6 +384,53 @@ func (r *runner) disconnect() {
 	}
 }
 
+// receive hands a message from the service to the core, unless it does
+// not decode or does not belong on its topic. Messages dropped, here or by
+// the core, are counted by reason and logged.
+func (r *runner) receive(topic string, payload []byte) Output {
+	env, err := r.admit(topic, payload)
+	if err != nil {
+		r.reject(rejectReason(err), "topic", topic, "bytes", len(payload), "err", err)
+		return Output{}
+	}
+	out := r.core.Receive(r.now(), env)
+	if out.Ignored != "" {
+		r.reject(out.Ignored, "topic", topic, "kind", env.Kind(), "id", env.ID)
+	}
+	return out
+}
+
+// reject counts a dropped message and logs it at a bounded rate: the
+// 1st, 2nd, 4th, 8th … of each reason, with the count so far, so that a
+// flood of bad messages costs a few log lines and still shows.
+func (r *runner) reject(reason string, args ...any) {
+	r.rejected[reason]++
+	if n := r.rejected[reason]; n&(n-1) == 0 {
+		r.log.Warn("dropped a message from the service", append([]any{"reason", reason, "count", n}, args...)...)
+	}
+}
+
+// errNotOurTopic is the error of a message on a topic other than this
+// device's downlink.
+var errNotOurTopic = errors.New("not this device's downlink topic")
+
+// rejectReason names why admit refused a message.
+func rejectReason(err error) string {
+	switch {
+	case errors.Is(err, protocol.ErrTooLarge), errors.Is(err, protocol.ErrMalformed), errors.Is(err, protocol.ErrKind):
+		return "malformed"
+	case errors.Is(err, protocol.ErrVersion):
+		return "unsupported_version"
+	case errors.Is(err, protocol.ErrInvalid):
+		return "invalid"
+	case errors.Is(err, protocol.ErrTopic), errors.Is(err, protocol.ErrWrongTopic), errors.Is(err, errNotOurTopic):
+		return "wrong_topic"
+	case errors.Is(err, protocol.ErrDeviceMismatch):
+		return "device_mismatch"
+	}
+	return "other"
+}
+
 // admit decodes a downlink message and checks it belongs to this device.
 func (r *runner) admit(topic string, payload []byte) (protocol.Envelope, error) {
 	tp, err := protocol.ParseTopic(topic)
@@ -393,7 +439,7 @@ func (r *runner) admit(topic string, payload []byte) (protocol.Envelope, error) 
 	}
 	st := r.core.State()
 	if tp.Kind != protocol.TopicDownlink || tp.Tenant != st.Tenant || tp.ID != st.Device {
-		return protocol.Envelope{}, fmt.Errorf("topic %s is not this device's downlink", topic)
+		return protocol.Envelope{}, fmt.Errorf("topic %s: %w", topic, errNotOurTopic)
 	}
 	env, err := protocol.Decode(payload)
 	if err != nil {
@@ -425,7 +471,11 @@ func (r *runner) serveLocal(req localRequest) Output {
 	now := r.now()
 	switch req.kind {
 	case "status":
-		req.reply <- localReply{body: r.core.Status(now)}
+		s := r.core.Status(now)
+		if len(r.rejected) > 0 {
+			s.RejectedMessages = maps.Clone(r.rejected) // the answer is encoded on another goroutine
+		}
+		req.reply <- localReply{body: s}
 	case "sync":
 		r.refreshFacts(true)
 		out, err := r.core.Sync(now)

@@ -102,13 +102,21 @@ const maxStateSize = 4 << 20
 // the agent.
 var ErrStateVersion = errors.New("state file version not supported")
 
-// DecodeState parses and checks a state file.
+// DecodeState parses and checks a state file. It is strict
+// (protocol.DecodeJSON): a repeated key, unknown field or deep nesting
+// means the file is not one this agent wrote, and it refuses it rather
+// than guess which value counts.
 func DecodeState(b []byte) (*State, error) {
 	if len(b) > maxStateSize {
 		return nil, fmt.Errorf("state file is %d bytes, more than the %d an agent writes: it is not an agent state file", len(b), maxStateSize)
 	}
 	var st State
-	if err := json.Unmarshal(b, &st); err != nil {
+	if err := protocol.DecodeJSON(b, maxStateSize, &st); err != nil {
+		// A file of another version may well have fields this one does
+		// not know: say so rather than name the first unknown field.
+		if v, ok := stateVersion(b); ok && v != StateVersion {
+			return nil, fmt.Errorf("state file version %d (this agent reads %d): %w", v, StateVersion, ErrStateVersion)
+		}
 		return nil, fmt.Errorf("state file: %w", err)
 	}
 	if st.Version != StateVersion {
@@ -119,6 +127,20 @@ func DecodeState(b []byte) (*State, error) {
 	}
 	sortProfiles(st.Profiles)
 	return &st, nil
+}
+
+// stateVersion returns the version of a state file whose JSON is sound
+// but whose fields may be another version's.
+func stateVersion(b []byte) (int, bool) {
+	var fields map[string]json.RawMessage
+	if protocol.DecodeJSON(b, maxStateSize, &fields) != nil {
+		return 0, false
+	}
+	var v int
+	if json.Unmarshal(fields["version"], &v) != nil {
+		return 0, false
+	}
+	return v, true
 }
 
 // Encode returns the state as the runner writes it.
@@ -149,6 +171,47 @@ func (st *State) validate() error {
 	for _, p := range st.Profiles {
 		if !p.Type.Valid() || p.Name == "" || !p.Authority.Valid() {
 			return fmt.Errorf("profile %q: type, name and authority are required", p.Name)
+		}
+	}
+	return st.validateTimes()
+}
+
+// validateTimes checks that every time in the state is unset or one the
+// protocol can carry (years 1970 to 9999): the agent sends them, and only
+// a damaged or forged file holds others.
+func (st *State) validateTimes() error {
+	check := func(field string, t time.Time) error {
+		if t.IsZero() || !t.Before(time.Unix(0, 0)) && !t.After(protocol.MaxTimestamp.Time()) {
+			return nil
+		}
+		return fmt.Errorf("%s %s is outside years 1970 to 9999", field, t.Format(time.RFC3339))
+	}
+	profile := func(field string, p Profile) error {
+		return errors.Join(check(field+".installed_at", p.InstalledAt), check(field+".retain_until", p.RetainUntil))
+	}
+	errs := []error{
+		check("enrolled_at", st.EnrolledAt), check("cert_not_after", st.CertNotAfter), check("changed_at", st.ChangedAt),
+		check("authority_since", st.AuthoritySince), check("last_checkin", st.LastCheckIn),
+		check("last_attempt", st.LastAttempt), check("next_checkin", st.NextCheckIn),
+	}
+	for i, p := range st.Profiles {
+		errs = append(errs, profile(fmt.Sprintf("profiles[%d]", i), p))
+	}
+	for i, r := range st.Commands {
+		errs = append(errs, check(fmt.Sprintf("commands[%d].received", i), r.Received), check(fmt.Sprintf("commands[%d].completed", i), r.Completed))
+	}
+	if st.Lock != nil {
+		errs = append(errs, check("lock.at", st.Lock.At))
+	}
+	for i, c := range st.LastChangeLog {
+		errs = append(errs, profile(fmt.Sprintf("last_changes[%d].profile", i), c.Profile))
+		if c.Replaced != nil {
+			errs = append(errs, profile(fmt.Sprintf("last_changes[%d].replaced", i), *c.Replaced))
+		}
+	}
+	for _, err := range errs {
+		if err != nil {
+			return err // the first says enough
 		}
 	}
 	return nil

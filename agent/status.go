@@ -22,6 +22,11 @@ type Status struct {
 	// connected.
 	Running   bool `json:"running"`
 	Connected bool `json:"connected"`
+	// RejectedMessages counts, by reason, the messages from the service
+	// that the running agent dropped since it started: malformed,
+	// unsupported_version, invalid, wrong_topic, device_mismatch, other,
+	// or one of the core's Ignored... reasons.
+	RejectedMessages map[string]uint64 `json:"rejected_messages,omitempty"`
 
 	Authority         protocol.Authority `json:"authority"`
 	Epoch             uint64             `json:"epoch"`

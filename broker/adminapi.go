@@ -1,13 +1,16 @@
 package broker
 
 import (
+	"crypto/sha256"
 	"crypto/subtle"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net/http"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/mdm-authority/mdm/protocol"
@@ -35,21 +38,35 @@ const ComplianceFresh = 24 * time.Hour
 //	GET    /v1/devices/{id}                         one device and its commands
 //	POST   /v1/devices/{id}/commands {"action":"remote_lock","message":"..."}
 //	POST   /v1/devices/{id}/migrate                 move a userless device
+//	DELETE /v1/devices/{id}                         remove a device: revokes its credentials, ends its session
 //	GET    /v1/migration                            migration status
 //	POST   /v1/enrollment-token                     rotate the enrollment token
 //	GET    /metrics                                 Prometheus text format
+//
+// Request bodies are decoded strictly (protocol.DecodeJSON). An error
+// answer is {"code": "...", "error": "..."}, the code one of
+// unauthorized, bad_request, too_large, not_found, method_not_allowed,
+// conflict, unsupported or internal. Every error answer is counted by
+// code (mdm_admin_requests_rejected_total) and logged at a bounded rate.
 func NewAdminHandler(svc *Service, token string, logger *slog.Logger) http.Handler {
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
-	a := &adminAPI{svc: svc, log: logger}
+	a := &adminAPI{
+		svc: svc, log: logger, token: token, want: sha256.Sum256([]byte("Bearer " + token)),
+		refused: newRateLog(logger, svc.opts.Clock), rejects: newRateLog(logger, svc.opts.Clock),
+	}
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
 		writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
 	})
-	handle := func(pattern string, h func(*http.Request) (any, error)) {
-		mux.Handle(pattern, requireToken(token, a.serve(h)))
+	methods := map[string][]string{"/healthz": {http.MethodGet}} // by path, for 405 answers
+	handleRaw := func(pattern string, h http.Handler) {
+		method, path, _ := strings.Cut(pattern, " ")
+		methods[path] = append(methods[path], method)
+		mux.Handle(pattern, a.requireToken(h))
 	}
+	handle := func(pattern string, h func(*http.Request) (any, error)) { handleRaw(pattern, a.serve(h)) }
 	handle("GET /v1/authority", a.getAuthority)
 	handle("PUT /v1/authority", a.setAuthority)
 	handle("POST /v1/apns", a.uploadAPNs)
@@ -61,37 +78,96 @@ func NewAdminHandler(svc *Service, token string, logger *slog.Logger) http.Handl
 	handle("GET /v1/devices/{id}", a.getDevice)
 	handle("POST /v1/devices/{id}/commands", a.issueCommand)
 	handle("POST /v1/devices/{id}/migrate", a.migrate)
+	handle("DELETE /v1/devices/{id}", a.removeDevice)
 	handle("GET /v1/migration", a.migration)
 	handle("POST /v1/enrollment-token", a.rotateToken)
-	mux.Handle("GET /metrics", requireToken(token, http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+	handleRaw("GET /metrics", http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
 		w.Header().Set("Content-Type", "text/plain; version=0.0.4")
 		if err := svc.WriteMetrics(w); err != nil {
 			a.log.Error("metrics", "err", err)
 		}
+		if err := a.writeMetrics(w); err != nil {
+			a.log.Error("metrics", "err", err)
+		}
+	}))
+	// What no pattern above matches gets a JSON answer with a code too,
+	// behind the token so that the endpoints are not probed for free.
+	for path, ms := range methods {
+		allow := strings.Join(ms, ", ")
+		mux.Handle(path, a.requireToken(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			w.Header().Set("Allow", allow)
+			a.reject(w, r, rejectMethod, fmt.Errorf("%s is not allowed on %s; use %s", r.Method, shortPath(r), allow))
+		})))
+	}
+	mux.Handle("/", a.requireToken(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		a.reject(w, r, rejectNotFound, fmt.Errorf("no endpoint %s %s; the endpoints are listed in the mdm-broker documentation", r.Method, shortPath(r)))
 	})))
 	return mux
 }
 
-// requireToken checks the bearer token in constant time.
-func requireToken(token string, next http.Handler) http.Handler {
-	want := []byte("Bearer " + token)
+// Codes of error answers: the "code" field of the answer and the label of
+// mdm_admin_requests_rejected_total.
+const (
+	rejectBadRequest   = iota // the request breaks a rule: syntax, a field, a value
+	rejectUnauthorized        // no token, or not the admin token
+	rejectTooLarge            // a body over maxAdminBody
+	rejectNotFound            // no such endpoint, device or profile
+	rejectMethod              // an endpoint that does not take the method
+	rejectConflict            // the state of the tenant or device does not allow it
+	rejectUnsupported         // the MDM authority does not support it
+	rejectInternal            // the service failed
+	rejectCodes
+)
+
+var (
+	rejectNames  = [rejectCodes]string{"bad_request", "unauthorized", "too_large", "not_found", "method_not_allowed", "conflict", "unsupported", "internal"}
+	rejectStatus = [rejectCodes]int{http.StatusBadRequest, http.StatusUnauthorized, http.StatusRequestEntityTooLarge,
+		http.StatusNotFound, http.StatusMethodNotAllowed, http.StatusConflict, http.StatusConflict, http.StatusInternalServerError}
+)
+
+// requireToken checks the bearer token in constant time, whatever its
+// length: it compares digests. The scheme is matched exactly ("Bearer"),
+// as the admin CLI sends it.
+func (a *adminAPI) requireToken(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		got := []byte(r.Header.Get("Authorization"))
-		if token == "" || subtle.ConstantTimeCompare(got, want) != 1 {
-			w.Header().Set("WWW-Authenticate", `Bearer realm="mdm-broker"`)
-			writeJSON(w, http.StatusUnauthorized, apiError{"missing or wrong admin token: send 'Authorization: Bearer <token>' with the token from the admin token file"})
+		got := r.Header.Get("Authorization")
+		sum := sha256.Sum256([]byte(got))
+		if a.token != "" && subtle.ConstantTimeCompare(sum[:], a.want[:]) == 1 {
+			next.ServeHTTP(w, r)
 			return
 		}
-		next.ServeHTTP(w, r)
+		reason := "wrong token"
+		switch {
+		case got == "":
+			reason = "no Authorization header"
+		case !strings.HasPrefix(got, "Bearer "):
+			reason = "not a Bearer token"
+		}
+		a.rejected[rejectUnauthorized].Add(1)
+		a.refused.Warn("admin request refused", "reason", reason, "remote", r.RemoteAddr, "method", r.Method, "path", shortPath(r))
+		w.Header().Set("WWW-Authenticate", `Bearer realm="mdm-broker"`)
+		writeJSON(w, http.StatusUnauthorized, apiError{rejectNames[rejectUnauthorized],
+			"missing or wrong admin token: send 'Authorization: Bearer <token>' with the token from the admin token file"})
 	})
 }
 
 type adminAPI struct {
-	svc *Service
-	log *slog.Logger
+	svc   *Service
+	log   *slog.Logger
+	token string
+	want  [sha256.Size]byte // digest of the Authorization header to accept
+
+	// rejected counts error answers by code; refused and rejects log
+	// them at a bounded rate, the token refusals apart so that a flood
+	// of them does not hide the rest.
+	rejected [rejectCodes]atomic.Uint64
+	refused  *rateLog
+	rejects  *rateLog
 }
 
+// apiError is the body of every error answer.
 type apiError struct {
+	Code  string `json:"code"`
 	Error string `json:"error"`
 }
 
@@ -106,29 +182,67 @@ func (a *adminAPI) serve(h func(*http.Request) (any, error)) http.Handler {
 		r.Body = http.MaxBytesReader(w, r.Body, maxAdminBody)
 		v, err := h(r)
 		if err != nil {
-			status := statusOf(err)
-			if status == http.StatusInternalServerError {
-				a.log.Error("admin request failed", "method", r.Method, "path", r.URL.Path, "err", err)
-			}
-			writeJSON(w, status, apiError{err.Error()})
+			a.reject(w, r, rejectionOf(err), err)
 			return
 		}
 		writeJSON(w, http.StatusOK, v)
 	})
 }
 
-func statusOf(err error) int {
+// reject answers with an error of the given code, counts it and logs it:
+// failures of the service always, the request's faults at a bounded rate.
+func (a *adminAPI) reject(w http.ResponseWriter, r *http.Request, code int, err error) {
+	a.rejected[code].Add(1)
+	if code == rejectInternal {
+		a.log.Error("admin request failed", "method", r.Method, "path", shortPath(r), "err", err)
+	} else {
+		a.rejects.Warn("admin request rejected", "code", rejectNames[code], "remote", r.RemoteAddr,
+			"method", r.Method, "path", shortPath(r), "err", err)
+	}
+	writeJSON(w, rejectStatus[code], apiError{rejectNames[code], err.Error()})
+}
+
+// rejectionOf returns the code that answers an error of a handler.
+func rejectionOf(err error) int {
 	var br badRequest
 	switch {
+	case errors.As(err, &br) && errors.Is(br, protocol.ErrTooLarge):
+		return rejectTooLarge
 	case errors.As(err, &br), errors.Is(err, ErrInvalidAuthority), errors.Is(err, protocol.ErrInvalid):
-		return http.StatusBadRequest
+		return rejectBadRequest
 	case errors.Is(err, ErrNotFound):
-		return http.StatusNotFound
+		return rejectNotFound
+	case errors.Is(err, ErrUnsupported):
+		return rejectUnsupported
 	case errors.Is(err, ErrBackToUnknown), errors.Is(err, ErrSameAuthority), errors.Is(err, ErrConsentRequired),
-		errors.Is(err, ErrNotCoexistence), errors.Is(err, ErrUnsupported), errors.Is(err, ErrConflict):
-		return http.StatusConflict
+		errors.Is(err, ErrNotCoexistence), errors.Is(err, ErrConflict):
+		return rejectConflict
 	}
-	return http.StatusInternalServerError
+	return rejectInternal
+}
+
+// writeMetrics writes the admin API's counters in the Prometheus text
+// format, after the service's.
+func (a *adminAPI) writeMetrics(w io.Writer) error {
+	var b strings.Builder
+	b.WriteString("# HELP mdm_admin_requests_rejected_total Admin API requests answered with an error, by code.\n# TYPE mdm_admin_requests_rejected_total counter\n")
+	for c, name := range rejectNames {
+		fmt.Fprintf(&b, "mdm_admin_requests_rejected_total{code=%q} %d\n", name, a.rejected[c].Load())
+	}
+	_, err := io.WriteString(w, b.String())
+	return err
+}
+
+// maxLoggedPath bounds the request path in logs and answers.
+const maxLoggedPath = 256
+
+// shortPath returns the request's path, shortened to maxLoggedPath bytes.
+func shortPath(r *http.Request) string {
+	p := r.URL.Path
+	if len(p) > maxLoggedPath {
+		p = strings.ToValidUTF8(p[:maxLoggedPath], "") + "…"
+	}
+	return p
 }
 
 // ErrConflict is returned (wrapped) for a request the state of the device
@@ -143,16 +257,28 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 	enc.Encode(v)
 }
 
-// decodeBody reads a JSON body into v, refusing unknown fields and
-// trailing data.
+// bodyTooLarge is the error of a body over maxAdminBody. It wraps
+// protocol.ErrTooLarge, whose own text speaks of device messages.
+type bodyTooLarge struct{}
+
+func (bodyTooLarge) Error() string {
+	return fmt.Sprintf("request body is more than %d bytes; send at most %d", maxAdminBody, maxAdminBody)
+}
+func (bodyTooLarge) Unwrap() error { return protocol.ErrTooLarge }
+
+// decodeBody reads a JSON body into v with protocol.DecodeJSON: no
+// unknown fields, repeated keys, deep nesting or trailing data.
 func decodeBody(r *http.Request, v any) error {
-	dec := json.NewDecoder(r.Body)
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(v); err != nil {
+	data, err := io.ReadAll(r.Body)
+	var mbe *http.MaxBytesError
+	switch {
+	case errors.As(err, &mbe):
+		return badRequest{bodyTooLarge{}}
+	case err != nil:
 		return badRequest{fmt.Errorf("request body: %w", err)}
 	}
-	if dec.More() {
-		return badRequest{errors.New("request body: more than one JSON value")}
+	if err := protocol.DecodeJSON(data, maxAdminBody, v); err != nil {
+		return badRequest{fmt.Errorf("request body: %w", err)}
 	}
 	return nil
 }
@@ -306,6 +432,14 @@ func (a *adminAPI) getDevice(r *http.Request) (any, error) {
 		return nil, err
 	}
 	return map[string]any{"device": d, "commands": cmds}, nil
+}
+
+func (a *adminAPI) removeDevice(r *http.Request) (any, error) {
+	id := r.PathValue("id")
+	if err := a.svc.RemoveDevice(id); err != nil {
+		return nil, err
+	}
+	return map[string]string{"removed": id}, nil
 }
 
 func (a *adminAPI) issueCommand(r *http.Request) (any, error) {

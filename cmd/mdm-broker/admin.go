@@ -256,6 +256,14 @@ var adminCommands = map[string]adminCommand{
 			})
 		}
 	}},
+	"device remove": {"device remove ID   (revoke at once: a lost device, one that will not acknowledge retire or wipe)", 1, func(*flag.FlagSet) func(context.Context, *adminClient, []string, bool) error {
+		return func(ctx context.Context, c *adminClient, args []string, asJSON bool) error {
+			var r map[string]string
+			return show(ctx, c, "DELETE", "/v1/devices/"+url.PathEscape(args[0]), nil, &r, asJSON, func(w io.Writer) {
+				fmt.Fprintf(w, "removed	%s (its certificate and connect token are refused; it can enroll again as a new device)\n", r["removed"])
+			})
+		}
+	}},
 	"migration status": {"migration status", 0, func(*flag.FlagSet) func(context.Context, *adminClient, []string, bool) error {
 		return func(ctx context.Context, c *adminClient, _ []string, asJSON bool) error {
 			var st broker.MigrationStatus

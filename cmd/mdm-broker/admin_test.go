@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/mdm-authority/mdm/broker"
+	"github.com/mdm-authority/mdm/protocol"
 )
 
 func TestAdminCommands(t *testing.T) {
@@ -65,6 +66,30 @@ func TestAdminCommands(t *testing.T) {
 		if err := run(cmd...); err != nil {
 			t.Errorf("%q: %v", cmd, err)
 		}
+	}
+	// device remove: an enrolled device is gone afterwards; an unknown one
+	// is an error.
+	token, err := svc.RotateEnrollmentToken()
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, csr, _ := broker.NewDeviceKeyAndCSR()
+	req, _ := protocol.Encode(protocol.Envelope{ID: protocol.MessageID{1}, Sent: protocol.At(time.Now()),
+		Body: &protocol.EnrollRequest{CSR: csr, Token: token, Platform: protocol.PlatformAndroid, Type: protocol.EnrollUser, User: "ada@contoso.example"}})
+	out, err := svc.HandleMessage(t.Context(), protocol.EnrollRequestTopic("default", "r-1"), req)
+	if err != nil || len(out) != 1 {
+		t.Fatalf("enroll: %v", err)
+	}
+	env, _ := protocol.Decode(out[0].Payload)
+	id := env.Body.(*protocol.EnrollResponse).Device
+	if err := run("device", "remove", id); err != nil {
+		t.Fatalf("device remove: %v", err)
+	}
+	if _, _, err := svc.Device(id); err == nil {
+		t.Error("the device is still there after 'device remove'")
+	}
+	if err := run("device", "remove", id); err == nil || !strings.Contains(err.Error(), "not found") {
+		t.Errorf("removing it again = %v; want not found", err)
 	}
 	os.WriteFile(tokenFile, []byte("adm-wrong\n"), 0o600)
 	if err := run("authority", "show"); err == nil || !strings.Contains(err.Error(), "admin token") {
