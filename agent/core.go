@@ -419,7 +419,7 @@ func (c *Core) response(now time.Time, m *protocol.CheckInResponse) Output {
 	}
 	if len(m.Certificate) > 0 {
 		if cert, err := x509.ParseCertificate(m.Certificate); err == nil && cert.NotAfter.After(st.CertNotAfter) {
-			st.Certificate, st.CertNotAfter = m.Certificate, cert.NotAfter
+			st.Certificate, st.CertNotAfter, st.ConnectToken = m.Certificate, cert.NotAfter, m.ConnectToken
 			out.Renewed = true
 		}
 	}

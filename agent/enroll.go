@@ -157,7 +157,7 @@ func Enroll(ctx context.Context, o EnrollOptions) (*State, error) {
 		Version: StateVersion, Tenant: o.Tenant, Device: resp.Device, Platform: o.Platform, User: o.User,
 		EnrollmentType: typ, Name: o.Name, Broker: o.Broker, EnrolledAt: now,
 		Certificate: resp.Certificate, CertNotAfter: cert.NotAfter, CACertificate: resp.CACertificate,
-		RenewalCSR: csr, Authority: resp.Authority, Epoch: resp.Epoch, AuthoritySince: now,
+		ConnectToken: resp.ConnectToken, RenewalCSR: csr, Authority: resp.Authority, Epoch: resp.Epoch, AuthoritySince: now,
 		OSVersion: o.OSVersion, NextCheckIn: now,
 	}
 	der, err := x509.MarshalECPrivateKey(key)

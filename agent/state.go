@@ -32,6 +32,10 @@ type State struct {
 	Certificate   []byte    `json:"certificate"`
 	CertNotAfter  time.Time `json:"cert_not_after"`
 	CACertificate []byte    `json:"ca_certificate,omitempty"`
+	// ConnectToken is the device's MQTT password where it connects without
+	// its certificate (a plain-TCP listener, the simulator's in-process
+	// transport); it goes with Certificate and changes with it.
+	ConnectToken string `json:"connect_token,omitempty"`
 	// RenewalCSR is a signing request for the device's key, sent inside the
 	// renewal window.
 	RenewalCSR []byte `json:"renewal_csr,omitempty"`

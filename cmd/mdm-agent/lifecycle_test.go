@@ -122,15 +122,27 @@ func TestCertificateLifecycle(t *testing.T) {
 	a := enrollAgent(t, s, protocol.PlatformWindows, "ada@contoso.example")
 	waitFor(t, "the enrollment check-in", func() bool { return a.status(t).CheckIns >= 1 })
 	first := a.status(t).CertificateNotAfter
+	firstToken := loadState(t, a.dir).ConnectToken
+	if firstToken == "" {
+		t.Error("no connect token kept from the enrollment")
+	}
 
 	clock.Advance(11 * 24 * time.Hour) // inside the renewal window
 	waitFor(t, "the renewal", func() bool { return a.status(t).CertificateNotAfter.After(first) })
 	renewed := a.status(t).CertificateNotAfter
-	// The renewed certificate is the one new connections use.
+	if tok := loadState(t, a.dir).ConnectToken; tok == "" || tok == firstToken {
+		t.Errorf("connect token after the renewal = %q; want a new one", tok)
+	}
+	if deviceOf(t, s, a.id).PrevCertSerial == "" {
+		t.Error("the replaced certificate was revoked before the device used its new one")
+	}
+	// The renewed certificate is the one new connections use, and using it
+	// revokes the one it replaced.
 	if err := a.stop(t); err != nil {
 		t.Fatal(err)
 	}
 	a.start(t, s)
+	waitFor(t, "the revocation of the replaced certificate", func() bool { return deviceOf(t, s, a.id).PrevCertSerial == "" })
 
 	clock.Advance(renewed.Sub(clock.Now()) + time.Minute)
 	waitFor(t, "the expiry", func() bool { return a.status(t).CertificateExpired })
@@ -168,4 +180,13 @@ func TestReconnect(t *testing.T) {
 	if err != nil || res.Error != protocol.CodeNone || res.Authority != protocol.AuthorityIntune {
 		t.Errorf("sync after the reconnect = %+v, %v", res, err)
 	}
+}
+
+func loadState(t *testing.T, dir string) *agent.State {
+	t.Helper()
+	st, err := agent.LoadState(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return st
 }
