@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/mdm-authority/mdm/agent"
 	"github.com/mdm-authority/mdm/broker"
@@ -118,5 +119,24 @@ func TestCLI(t *testing.T) {
 	code, stdout, _ = cli(t, "status", "--state", dir)
 	if code != 0 || !strings.Contains(stdout, "unenrolled and is no longer managed") {
 		t.Errorf("status after unenroll = %d, %q", code, stdout)
+	}
+}
+
+// TestStatusShowsRejectedMessages: the text status names the reasons and
+// counts of messages the agent refused, so an admin sees something is off.
+func TestStatusShowsRejectedMessages(t *testing.T) {
+	now := time.Date(2026, 3, 2, 9, 0, 0, 0, time.UTC)
+	s := agent.Status{Device: "d-1", Platform: protocol.PlatformAndroid, Tenant: "contoso", CertificateNotAfter: now.Add(time.Hour),
+		RejectedMessages: map[string]uint64{"malformed": 3, "stale_response": 1}}
+	var b strings.Builder
+	printStatus(&b, s, now)
+	if !strings.Contains(b.String(), "malformed 3, stale_response 1") {
+		t.Errorf("status text has no rejected messages line:\n%s", b.String())
+	}
+	b.Reset()
+	s.RejectedMessages = nil
+	printStatus(&b, s, now)
+	if strings.Contains(b.String(), "rejected") {
+		t.Errorf("status text mentions rejected messages when there are none:\n%s", b.String())
 	}
 }

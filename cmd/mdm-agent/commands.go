@@ -7,8 +7,10 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"os"
 	"runtime"
+	"slices"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -325,6 +327,13 @@ func printStatus(w io.Writer, s agent.Status, now time.Time) {
 	}
 	if s.Lock != nil {
 		fmt.Fprintf(tw, "locked\t%s %q\n", s.Lock.At.Local().Format("2006-01-02 15:04"), s.Lock.Message)
+	}
+	if len(s.RejectedMessages) > 0 {
+		var parts []string
+		for _, reason := range slices.Sorted(maps.Keys(s.RejectedMessages)) {
+			parts = append(parts, fmt.Sprintf("%s %d", reason, s.RejectedMessages[reason]))
+		}
+		fmt.Fprintf(tw, "rejected messages\t%s (since the agent started; see its log)\n", strings.Join(parts, ", "))
 	}
 	tw.Flush()
 	fmt.Fprintf(w, "\nprofiles (%d)\n", len(s.Profiles))
