@@ -16,4 +16,20 @@
 // seven days; iOS and iPadOS devices fail with apns_certificate_missing
 // until the new authority has an APNs certificate; userless devices stay on
 // the old authority until an admin migrates them.
+//
+// Security: Broker authenticates every MQTT connection in one mochi hook.
+// Over TLS a device presents its MDM certificate; on the plain-TCP
+// listener (ListenTCP, only when asked for) and the in-process transport
+// (Broker.Connect) it sends its connect token (CA.ConnectToken), a
+// password bound to its certificate. An enrolling client sends the
+// enrollment token. Unknown, wiped, retired, unenrolled and removed
+// devices, expired certificates and certificates replaced by a renewal
+// are refused. Each client may use only its own topics. Device messages
+// that fail the protocol's decoding, name another device than their
+// topic, repeat or predate an applied message, or come from more than
+// MaxClockSkew ahead are dropped without changing the store, counted by
+// reason in the metrics, and logged at a bounded rate; so are refused
+// connections and topic accesses. The admin API (NewAdminHandler) needs
+// the bearer token on every endpoint but GET /healthz and decodes bodies
+// strictly (protocol.DecodeJSON).
 package broker
