@@ -92,6 +92,24 @@ func TestHostileDeviceInput(t *testing.T) {
 	report := &protocol.ComplianceReport{Compliance: protocol.Compliance{State: protocol.ComplianceCompliant}}
 	result := &protocol.CommandResult{ID: cmd.ID, Status: protocol.CommandDone, Completed: protocol.At(now)}
 
+	// A device that unenrolled and one that was retired, whose messages
+	// must change nothing any more.
+	gone := h.mustEnroll(protocol.PlatformAndroid, "bob@contoso.example")
+	h.send(protocol.UplinkTopic("contoso", gone.id), &protocol.Unenroll{Reason: "test"}, gone.id)
+	retired := h.mustEnroll(protocol.PlatformAndroid, "eve@contoso.example")
+	retire, err := h.svc.IssueCommand(retired.id, protocol.CommandRetire, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	lock, err := h.svc.IssueCommand(retired.id, protocol.CommandRemoteLock, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	h.send(protocol.UplinkTopic("contoso", retired.id), &protocol.CommandResult{ID: retire.ID, Status: protocol.CommandDone, Completed: protocol.At(now)}, retired.id)
+	if h.record(gone.id).State != DeviceUnenrolled || h.record(retired.id).State != DeviceRetired {
+		t.Fatal("setup: the unenrolled and retired devices are not so")
+	}
+
 	// Messages that the service applies, to replay afterwards.
 	appliedReport := encodeAt(t, d.id, protocol.MessageID{2}, now, report)
 	appliedResult := encodeAt(t, d.id, protocol.MessageID{3}, now.Add(time.Second), result)
@@ -103,10 +121,20 @@ func TestHostileDeviceInput(t *testing.T) {
 	}
 
 	valid := encodeAt(t, d.id, protocol.MessageID{9}, now.Add(time.Minute), checkin)
-	body := cbor.RawMessage(cborMap(t, 1, 1, 3, cborMap(t, 1, 0), 4, protocol.At(d.expiry)))
+	// Hand-built messages: envelope {1 version, 2 kind, 3 id, 4 sent,
+	// 5 body, 6 device}, a check-in (kind 3) body {1 reason, 3 compliance,
+	// 4 certificate expiry}. The control after the table shows that the
+	// well-formed one is accepted, so each case fails for its own reason.
+	const kindCheckIn = 3
+	body := cbor.RawMessage(cborMap(t, 1, 1, 3, cbor.RawMessage(cborMap(t, 1, 0)), 4, protocol.At(d.expiry)))
 	env := func(pairs ...any) []byte { return cborMap(t, pairs...) }
 	id := cbor.RawMessage(append([]byte{0x50}, bytes.Repeat([]byte{7}, 16)...))
-	nested := append(bytes.Repeat([]byte{0x81}, 10000), 0x00)
+	sent := protocol.At(now.Add(30 * time.Second))
+	nested := cbor.RawMessage(append(bytes.Repeat([]byte{0x81}, 10000), 0x00))
+	wide := []byte{0xb8, 65} // a map of 65 pairs
+	for i := range 65 {
+		wide = append(wide, 0x18, byte(i+24), 0x00)
+	}
 	response, err := protocol.Encode(protocol.Envelope{ID: protocol.MessageID{12}, ReplyTo: protocol.MessageID{1}, Sent: protocol.At(now),
 		Device: d.id, Body: &protocol.CheckInResponse{Authority: protocol.AuthorityIntune}})
 	if err != nil {
@@ -122,25 +150,31 @@ func TestHostileDeviceInput(t *testing.T) {
 	}{
 		{"empty", up, nil, dropMalformed, 0},
 		{"not CBOR", up, []byte("{\"kind\":\"checkin\"}"), dropMalformed, 0},
-		{"oversized", up, append(valid, make([]byte, protocol.MaxPayload)...), dropMalformed, 0},
+		{"oversized", up, append(bytes.Clone(valid), make([]byte, protocol.MaxPayload)...), dropMalformed, 0},
 		{"nested 10,000 deep", up, nested, dropMalformed, 0},
 		{"truncated", up, valid[:len(valid)-3], dropMalformed, 0},
 		{"trailing bytes", up, append(bytes.Clone(valid), 0x00), dropMalformed, 0},
-		{"duplicate key in the envelope", up, env(1, 1, 2, 4, 2, 4, 3, id, 4, protocol.At(now), 5, body, 6, d.id), dropMalformed, 0},
-		{"duplicate key in the body", up, env(1, 1, 2, 4, 3, id, 4, protocol.At(now), 5,
-			cbor.RawMessage(cborMap(t, 1, 1, 1, 2, 3, cborMap(t, 1, 0), 4, protocol.At(d.expiry))), 6, d.id), dropMalformed, 0},
-		{"unknown protocol version", up, env(1, 99, 2, 4, 3, id, 4, protocol.At(now), 5, body, 6, d.id), dropVersion, 0},
-		{"unknown kind", up, env(1, 1, 2, 200, 3, id, 4, protocol.At(now), 5, body, 6, d.id), dropMalformed, 0},
-		{"unknown field", up, env(1, 1, 2, 4, 3, id, 4, protocol.At(now), 5, body, 6, d.id, 99, "x"), dropMalformed, 0},
-		{"absurd time: before 1970", up, env(1, 1, 2, 4, 3, id, 4, -5, 5, body, 6, d.id), dropMalformed, 0},
-		{"absurd time: after 9999", up, env(1, 1, 2, 4, 3, id, 4, int64(protocol.MaxTimestamp)+1, 5, body, 6, d.id), dropMalformed, 0},
-		{"sent 2 days ahead of the service", up, encodeAt(t, d.id, protocol.MessageID{10}, now.Add(48*time.Hour), checkin), dropClockSkew, protocol.CodeBadRequest},
-		{"another device's id in the payload", up, encodeAt(t, "d-other", protocol.MessageID{11}, now, checkin), dropDevice, 0},
+		{"duplicate key in the envelope", up, env(1, 1, 2, kindCheckIn, 2, kindCheckIn, 3, id, 4, sent, 5, body, 6, d.id), dropMalformed, 0},
+		{"duplicate key in the body", up, env(1, 1, 2, kindCheckIn, 3, id, 4, sent, 5,
+			cbor.RawMessage(cborMap(t, 1, 1, 1, 2, 3, cbor.RawMessage(cborMap(t, 1, 0)), 4, protocol.At(d.expiry))), 6, d.id), dropMalformed, 0},
+		{"duplicate unknown key", up, env(1, 1, 2, kindCheckIn, 3, id, 4, sent, 5, body, 6, d.id, 99, "x", 99, "y"), dropMalformed, 0},
+		{"nested 10,000 deep in an unknown key", up, env(1, 1, 2, kindCheckIn, 3, id, 4, sent, 5, body, 6, d.id, 99, nested), dropMalformed, 0},
+		{"a map of 65 pairs in an unknown key", up, env(1, 1, 2, kindCheckIn, 3, id, 4, sent, 5, body, 6, d.id, 99, cbor.RawMessage(wide)), dropMalformed, 0},
+		{"unknown protocol version", up, env(1, 99, 2, kindCheckIn, 3, id, 4, sent, 5, body, 6, d.id), dropVersion, 0},
+		{"unknown kind", up, env(1, 1, 2, 200, 3, id, 4, sent, 5, body, 6, d.id), dropMalformed, 0},
+		{"absurd time: before 1970", up, env(1, 1, 2, kindCheckIn, 3, id, 4, -5, 5, body, 6, d.id), dropInvalid, 0},
+		{"absurd time: after 9999", up, env(1, 1, 2, kindCheckIn, 3, id, 4, int64(protocol.MaxTimestamp)+1, 5, body, 6, d.id), dropInvalid, 0},
+		{"check-in sent 2 days ahead of the service", up, encodeAt(t, d.id, protocol.MessageID{10}, now.Add(48*time.Hour), checkin), dropClockSkew, protocol.CodeBadRequest},
+		{"compliance report sent 2 days ahead", up, encodeAt(t, d.id, protocol.MessageID{16}, now.Add(48*time.Hour), report), dropClockSkew, 0},
+		{"another device's id in the payload", up, encodeAt(t, "d-other", protocol.MessageID{11}, sent.Time(), checkin), dropDevice, 0},
 		{"another tenant's topic", protocol.UplinkTopic("fabrikam", d.id), valid, dropTopic, 0},
 		{"a downlink topic", protocol.DownlinkTopic("contoso", d.id), valid, dropTopic, 0},
 		{"outside the topic scheme", "devices/" + d.id, valid, dropTopic, 0},
 		{"a response on the uplink", up, response, dropTopic, 0},
 		{"unknown device", protocol.UplinkTopic("contoso", "d-unknown"), encodeAt(t, "d-unknown", protocol.MessageID{13}, now, report), dropConflict, 0},
+		{"compliance report of an unenrolled device", protocol.UplinkTopic("contoso", gone.id), encodeAt(t, gone.id, protocol.MessageID{17}, sent.Time(), report), dropTopic, 0},
+		{"command result of a retired device", protocol.UplinkTopic("contoso", retired.id),
+			encodeAt(t, retired.id, protocol.MessageID{18}, sent.Time(), &protocol.CommandResult{ID: lock.ID, Status: protocol.CommandDone, Completed: sent}), dropConflict, 0},
 		{"check-in delivered again", up, applied, dropReplayed, 0},
 		{"check-in older than the last applied", up, encodeAt(t, d.id, protocol.MessageID{14}, now.Add(-time.Minute), checkin), dropReplayed, protocol.CodeReplayed},
 		{"compliance report delivered again (older than the last check-in)", up, appliedReport, dropReplayed, 0},
@@ -155,6 +189,9 @@ func TestHostileDeviceInput(t *testing.T) {
 		if err == nil {
 			t.Errorf("%s: accepted", c.name)
 			continue
+		}
+		if c.name == "oversized" && !errors.Is(err, protocol.ErrTooLarge) {
+			t.Errorf("oversized: %v; want ErrTooLarge", err)
 		}
 		if got := dropReason(err); got != c.reason {
 			t.Errorf("%s: dropped as %s (%v); want %s", c.name, dropNames[got], err, dropNames[c.reason])
@@ -176,12 +213,27 @@ func TestHostileDeviceInput(t *testing.T) {
 		}
 	}
 
-	// Control: a fresh check-in is applied and changes the store.
-	if _, err := h.svc.HandleMessage(context.Background(), up, valid); err != nil {
-		t.Fatalf("a fresh check-in was dropped: %v", err)
+	// Controls: the well-formed hand-built check-in and a fresh encoded one
+	// are applied, and change the store.
+	for _, m := range [][]byte{env(1, 1, 2, kindCheckIn, 3, id, 4, sent, 5, body, 6, d.id), valid} {
+		if _, err := h.svc.HandleMessage(context.Background(), up, m); err != nil {
+			t.Fatalf("a fresh check-in was dropped (control): %v", err)
+		}
 	}
 	if storeDigest(t, h.store) == before {
-		t.Error("a fresh check-in changed nothing (control)")
+		t.Error("fresh check-ins changed nothing (control)")
+	}
+	// The last message applied, delivered again, changes nothing.
+	last := encodeAt(t, d.id, protocol.MessageID{19}, now.Add(2*time.Minute), report)
+	if _, err := h.svc.HandleMessage(context.Background(), up, last); err != nil {
+		t.Fatalf("a fresh compliance report was dropped (control): %v", err)
+	}
+	before = storeDigest(t, h.store)
+	if _, err := h.svc.HandleMessage(context.Background(), up, last); !errors.Is(err, ErrReplayed) {
+		t.Errorf("the last compliance report again: %v; want dropped as replayed", err)
+	}
+	if storeDigest(t, h.store) != before {
+		t.Error("the last compliance report again changed the store")
 	}
 }
 

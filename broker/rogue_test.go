@@ -214,6 +214,9 @@ func TestRogueConnect(t *testing.T) {
 		r.refused(t, tr+": made-up token", rogueDial{transport: tr, clientID: victim, user: victim, pass: connectTokenPrefix + strings.Repeat("A", 43)}, connBadToken)
 		r.refused(t, tr+": enrollment token as a device password", rogueDial{transport: tr, clientID: victim, user: victim, pass: h.token}, connBadToken)
 		r.refused(t, tr+": client id outside the scheme", rogueDial{transport: tr, clientID: "mdm/#", user: "mdm/#", pass: h.token}, connClientID)
+		r.refused(t, tr+": enrolling client id outside the scheme", rogueDial{transport: tr, clientID: EnrollClientPrefix + "#", user: EnrollUsername, pass: h.token}, connClientID)
+		r.refused(t, tr+": token of a certificate without a serial", rogueDial{transport: tr, clientID: victim, user: victim,
+			pass: h.svc.ca.ConnectToken("contoso", victim, "")}, connBadToken)
 	}
 
 	// Enrollment: only with the enrollment token, under the user name
@@ -274,6 +277,7 @@ func TestRogueRevoked(t *testing.T) {
 	// Expired: the renewed certificate, a year on.
 	h.clock.Advance(366 * 24 * time.Hour)
 	r.refused(t, "expired certificate", rogueDial{transport: "tls", clientID: r.victim, cert: &renewed}, connExpired)
+	r.refused(t, "expired certificate, replaced long ago", rogueDial{transport: "tls", clientID: r.victim, cert: &r.victimCert}, connExpired)
 	r.refused(t, "connect token of an expired certificate", rogueDial{transport: "tcp", clientID: r.victim, user: r.victim, pass: resp.ConnectToken}, connExpired)
 }
 
@@ -298,6 +302,7 @@ func TestRogueTopics(t *testing.T) {
 			protocol.DownlinkTopic("contoso", r.victim), "#", "mdm/#", "mdm/v1/contoso/dev/+/down",
 			"mdm/v1/contoso/dev/+/up", protocol.UplinkTopic("contoso", r.victim), "$SYS/#",
 			"mdm/v1/contoso/enroll/+/resp", protocol.DownlinkTopic("fabrikam", r.own),
+			protocol.UplinkTopic("contoso", r.own), protocol.EnrollResponseTopic("contoso", "r-1"),
 		} {
 			denied := h.svc.metrics.aclDenied.Load()
 			if qos := subscribe(t, c, topic); qos != 0x80 {
@@ -373,7 +378,28 @@ func TestRogueImpersonation(t *testing.T) {
 		t.Errorf("the victim's record changed:\n%s\n%s", before, after)
 	}
 
-	// Control: the same check-in as itself is applied.
+	// A retained message, even on its own uplink, is refused: it would
+	// reach whoever subscribes later, long after its sender left.
+	if c, _, err = r.dial(t, rogueDial{transport: "tls", clientID: r.own, cert: &r.ownCert}); err != nil {
+		t.Fatal(err)
+	}
+	denied = h.svc.metrics.aclDenied.Load()
+	retained := *forged
+	retained.OSVersion = "7.7.7"
+	id, _ = protocol.NewMessageID(h.rng)
+	payload, _ = protocol.Encode(protocol.Envelope{ID: id, Sent: protocol.At(h.clock.Now()), Device: r.own, Body: &retained})
+	c.Publish(protocol.UplinkTopic("contoso", r.own), 1, true, payload).WaitTimeout(5 * time.Second)
+	if !wait(func() bool { return h.svc.metrics.aclDenied.Load() > denied }) {
+		t.Error("a retained publish on its own uplink: refusal not counted")
+	}
+	if h.record(r.own).OSVersion == "7.7.7" {
+		t.Error("a retained check-in was applied")
+	}
+	if c, _, err = r.dial(t, rogueDial{transport: "tls", clientID: r.own, cert: &r.ownCert}); err != nil {
+		t.Fatal(err)
+	}
+
+	// Control: the same check-in as itself, not retained, is applied.
 	publish(t, h, c, protocol.UplinkTopic("contoso", r.own), r.own, forged)
 	if !wait(func() bool { return h.record(r.own).OSVersion == "6.6.6" }) {
 		t.Error("the attacker's check-in as itself was not applied (control)")
@@ -411,4 +437,103 @@ func TestRogueRemoved(t *testing.T) {
 		t.Errorf("not_managed refusals went from %d to %d; want 2 more", count, got)
 	}
 	r.admitted(t, "another device (control)", rogueDial{transport: "tls", clientID: r.own, cert: &r.ownCert})
+}
+
+// TestRogueTopicsPublish: a device publishing on its own downlink, and an
+// enrolling client reaching past its own request.
+func TestRogueTopicsPublish(t *testing.T) {
+	r := newRogueSetup(t)
+	h := r.h
+	refusedPublish := func(c paho.Client, topic string) {
+		t.Helper()
+		denied := h.svc.metrics.aclDenied.Load()
+		c.Publish(topic, 1, false, []byte("x")).WaitTimeout(5 * time.Second)
+		for i := 0; h.svc.metrics.aclDenied.Load() == denied; i++ {
+			if i == 500 {
+				t.Errorf("publish on %s: not refused", topic)
+				return
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
+	c, _, err := r.dial(t, rogueDial{transport: "tls", clientID: r.own, cert: &r.ownCert})
+	if err != nil {
+		t.Fatal(err)
+	}
+	refusedPublish(c, protocol.DownlinkTopic("contoso", r.own))
+
+	enroller := rogueDial{transport: "memory", clientID: EnrollClientPrefix + "r-1", user: EnrollUsername, pass: h.token}
+	c, _, err = r.dial(t, enroller)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if qos := subscribe(t, c, protocol.EnrollResponseTopic("contoso", "r-1")); qos != 1 {
+		t.Errorf("enrolling client subscribing to its own response: granted %d (control)", qos)
+	}
+	for _, topic := range []string{protocol.EnrollRequestTopic("contoso", "r-1"), protocol.EnrollResponseTopic("contoso", "r-2"), "mdm/v1/contoso/enroll/#"} {
+		if qos := subscribe(t, c, topic); qos != 0x80 {
+			t.Errorf("enrolling client subscribing to %s: granted %d; want refused (128)", topic, qos)
+		}
+	}
+	refusedPublish(c, protocol.EnrollRequestTopic("contoso", "r-2"))
+}
+
+// TestRoguePreviousCertificateExpires: the certificate a renewal replaced,
+// never superseded by a connection with the new one, still ends at its own
+// expiry.
+func TestRoguePreviousCertificateExpires(t *testing.T) {
+	r := newRogueSetup(t)
+	h := r.h
+	oldToken := r.token(r.victim)
+	h.clock.Advance(365*24*time.Hour - 15*24*time.Hour)
+	_, csr, _ := NewDeviceKeyAndCSR()
+	out := h.send(protocol.UplinkTopic("contoso", r.victim), &protocol.CheckIn{Reason: protocol.CheckInScheduled,
+		CertificateExpiry: protocol.At(testStart.Add(365 * 24 * time.Hour)), RenewalCSR: csr}, r.victim)
+	if resp := decodeOne[*protocol.CheckInResponse](t, out, protocol.DownlinkTopic("contoso", r.victim)); len(resp.Certificate) == 0 {
+		t.Fatal("no renewal")
+	}
+	r.admitted(t, "replaced certificate's token before it expires", rogueDial{transport: "tcp", clientID: r.victim, user: r.victim, pass: oldToken})
+	h.clock.Advance(16 * 24 * time.Hour)
+	r.refused(t, "replaced certificate's token after it expired", rogueDial{transport: "tcp", clientID: r.victim, user: r.victim, pass: oldToken}, connExpired)
+}
+
+// TestConnectTokenBinding: a connect token is bound to its tenant, device
+// and certificate serial, and to the CA.
+func TestConnectTokenBinding(t *testing.T) {
+	dir := t.TempDir()
+	ca, _, err := LoadOrCreateCA(dir, "contoso", testStart)
+	if err != nil {
+		t.Fatal(err)
+	}
+	other, _, err := LoadOrCreateCA(t.TempDir(), "contoso", testStart)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tok := ca.ConnectToken("contoso", "d-1", "abc")
+	if !ca.CheckConnectToken("contoso", "d-1", "abc", tok) {
+		t.Fatal("a token does not check against what it was made of (control)")
+	}
+	for _, c := range []struct{ tenant, device, serial string }{
+		{"fabrikam", "d-1", "abc"}, {"contoso", "d-2", "abc"}, {"contoso", "d-1", "abd"}, {"contoso", "d-1", ""},
+		{"contoso", "d-1a", "bc"}, {"contosod-1", "", "abc"},
+	} {
+		if ca.CheckConnectToken(c.tenant, c.device, c.serial, tok) {
+			t.Errorf("token of contoso/d-1/abc accepted for %q/%q/%q", c.tenant, c.device, c.serial)
+		}
+	}
+	if other.CheckConnectToken("contoso", "d-1", "abc", tok) {
+		t.Error("a token accepted by another CA")
+	}
+	if ca.CheckConnectToken("contoso", "d-1", "abc", tok[:len(tok)-1]) || ca.CheckConnectToken("contoso", "d-1", "abc", tok+"A") {
+		t.Error("a truncated or extended token accepted")
+	}
+	// Reloaded from its files, the CA makes the same tokens: they survive
+	// a restart.
+	again, _, err := LoadOrCreateCA(dir, "contoso", testStart)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !again.CheckConnectToken("contoso", "d-1", "abc", tok) {
+		t.Error("a token no longer checks after the CA is reloaded")
+	}
 }
