@@ -49,6 +49,28 @@ var ErrEnrolled = errors.New("this state directory already holds an enrolled dev
 // and what to do.
 var ErrRefused = errors.New("enrollment refused")
 
+// EnrolledState returns the state of a device that the service enrolled
+// at now: req is the request it sent (with its CSR, which it reuses to
+// renew), resp the service's answer. A refusal gives an error wrapping
+// ErrRefused. The agent calls it from Enroll; the simulator, which enrolls
+// its devices itself, too.
+func EnrolledState(tenant, broker string, req *protocol.EnrollRequest, resp *protocol.EnrollResponse, now time.Time) (*State, error) {
+	if resp.Error != protocol.CodeNone {
+		return nil, fmt.Errorf("%w: %s: %s", ErrRefused, resp.Error, resp.Message)
+	}
+	cert, err := x509.ParseCertificate(resp.Certificate)
+	if err != nil {
+		return nil, fmt.Errorf("certificate from the service: %w", err)
+	}
+	return &State{
+		Version: StateVersion, Tenant: tenant, Device: resp.Device, Platform: req.Platform, User: req.User,
+		EnrollmentType: req.Type, Name: req.Name, Broker: broker, EnrolledAt: now,
+		Certificate: resp.Certificate, CertNotAfter: cert.NotAfter, CACertificate: resp.CACertificate,
+		ConnectToken: resp.ConnectToken, RenewalCSR: req.CSR, Authority: resp.Authority, Epoch: resp.Epoch, AuthoritySince: now,
+		OSVersion: req.OSVersion, NextCheckIn: now,
+	}, nil
+}
+
 // Enroll generates the device's key, sends a signing request with the
 // enrollment token and stores the identity the service issues. The key is
 // written owner-only and never leaves the device.
@@ -145,20 +167,9 @@ func Enroll(ctx context.Context, o EnrollOptions) (*State, error) {
 			return nil, ctx.Err()
 		}
 	}
-	if resp.Error != protocol.CodeNone {
-		return nil, fmt.Errorf("%w: %s: %s", ErrRefused, resp.Error, resp.Message)
-	}
-	cert, err := x509.ParseCertificate(resp.Certificate)
+	st, err = EnrolledState(o.Tenant, o.Broker, req, resp, o.Clock.Now())
 	if err != nil {
-		return nil, fmt.Errorf("certificate from the service: %w", err)
-	}
-	now := o.Clock.Now()
-	st = &State{
-		Version: StateVersion, Tenant: o.Tenant, Device: resp.Device, Platform: o.Platform, User: o.User,
-		EnrollmentType: typ, Name: o.Name, Broker: o.Broker, EnrolledAt: now,
-		Certificate: resp.Certificate, CertNotAfter: cert.NotAfter, CACertificate: resp.CACertificate,
-		ConnectToken: resp.ConnectToken, RenewalCSR: csr, Authority: resp.Authority, Epoch: resp.Epoch, AuthoritySince: now,
-		OSVersion: o.OSVersion, NextCheckIn: now,
+		return nil, err
 	}
 	der, err := x509.MarshalECPrivateKey(key)
 	if err != nil {

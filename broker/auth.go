@@ -60,8 +60,9 @@ var connNames = [connResults]string{"accepted", "will", "client_id", "no_credent
 // broker), so no client can take it.
 type authHook struct {
 	mqtt.HookBase
-	svc *Service
-	log *rateLog
+	svc    *Service
+	log    *rateLog
+	broker *Broker
 }
 
 // ID implements mqtt.Hook.
@@ -69,7 +70,13 @@ func (h *authHook) ID() string { return "mdm-auth" }
 
 // Provides implements mqtt.Hook.
 func (h *authHook) Provides(b byte) bool {
-	return bytes.Contains([]byte{mqtt.OnConnectAuthenticate, mqtt.OnACLCheck, mqtt.OnPublish}, []byte{b})
+	return bytes.Contains([]byte{mqtt.OnConnectAuthenticate, mqtt.OnACLCheck, mqtt.OnPublish, mqtt.OnPublishDropped}, []byte{b})
+}
+
+// OnPublishDropped tells the broker's tracker that a message it counted
+// will not reach its client (whose queue was full).
+func (h *authHook) OnPublishDropped(cl *mqtt.Client, pk packets.Packet) {
+	h.broker.track(-1)
 }
 
 // OnPublish rejects retained messages: nothing in the protocol is

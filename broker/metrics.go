@@ -60,6 +60,23 @@ func dropReason(err error) int {
 	return dropOther
 }
 
+// Counters are some of the service's counters, for a caller in the same
+// process (the simulator's report).
+type Counters struct {
+	PushesSent  uint64
+	PushRetries uint64
+	CheckIns    uint64 // answered, refusals included
+}
+
+// Counters returns the service's counters now.
+func (s *Service) Counters() Counters {
+	c := Counters{PushesSent: s.metrics.pushesSent.Load(), PushRetries: s.metrics.pushRetries.Load()}
+	for i := range s.metrics.checkIns {
+		c.CheckIns += s.metrics.checkIns[i].Load()
+	}
+	return c
+}
+
 // WriteMetrics writes the service's metrics in the Prometheus text format:
 // counters of check-ins by result, enrollments by result, dropped messages
 // by reason, pushes and retries, command results; and, read from the store

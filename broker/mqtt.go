@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	mqtt "github.com/mochi-mqtt/server/v2"
@@ -34,6 +35,7 @@ type Broker struct {
 	log    *slog.Logger
 	// badInput logs dropped device messages at a bounded rate.
 	badInput *rateLog
+	tracker  atomic.Pointer[Tracker]
 
 	closeOnce sync.Once
 	closeErr  error
@@ -74,10 +76,10 @@ func NewBroker(svc *Service, logger *slog.Logger) (*Broker, error) {
 	// errors, so that unauthenticated clients cannot fill the service log.
 	s := mqtt.New(&mqtt.Options{InlineClient: true, Capabilities: caps,
 		Logger: slog.New(minLevel{logger.Handler(), slog.LevelError})})
-	if err := s.AddHook(&authHook{svc: svc, log: newRateLog(logger, svc.opts.Clock)}, nil); err != nil {
+	b := &Broker{server: s, svc: svc, log: logger, badInput: newRateLog(logger, svc.opts.Clock)}
+	if err := s.AddHook(&authHook{svc: svc, log: newRateLog(logger, svc.opts.Clock), broker: b}, nil); err != nil {
 		return nil, fmt.Errorf("broker: %w", err)
 	}
-	b := &Broker{server: s, svc: svc, log: logger, badInput: newRateLog(logger, svc.opts.Clock)}
 	kick := b.disconnect
 	svc.disconnect.Store(&kick)
 	for i, filter := range protocol.ServiceFilters(svc.opts.Tenant) {
@@ -168,14 +170,55 @@ func (b *Broker) onMessage(cl *mqtt.Client, _ packets.Subscription, pk packets.P
 			"topic", pk.TopicName, "bytes", len(pk.Payload), "reason", dropNames[dropReason(err)], "err", err)
 	}
 	b.publish(out)
+	b.track(-1)
 }
 
 func (b *Broker) publish(out []Outgoing) {
+	t := b.tracker.Load()
 	for _, o := range out {
+		if t != nil && b.connected(o.Topic) {
+			(*t).Add(1)
+		}
 		if err := b.server.Publish(o.Topic, o.Payload, false, o.QoS); err != nil {
 			b.log.Warn("publish failed", "topic", o.Topic, "err", err)
 		}
 	}
+}
+
+// Tracker counts the work in flight in the broker, for a caller that must
+// know when everything has settled: the simulator's virtual clock advances
+// only then. Add is called with +1 for every message published to a
+// connected client (the client counts it down once it has handled it), -1
+// when the broker drops one of those, and -1 once a client's message has
+// been handled and its answers published (the client counts it up when it
+// publishes). Add is called from many goroutines.
+type Tracker interface {
+	Add(delta int64)
+}
+
+// SetTracker installs t; call it before clients connect.
+func (b *Broker) SetTracker(t Tracker) { b.tracker.Store(&t) }
+
+// track passes delta to the tracker, if there is one.
+func (b *Broker) track(delta int64) {
+	if t := b.tracker.Load(); t != nil && delta != 0 {
+		(*t).Add(delta)
+	}
+}
+
+// connected reports whether the client a downlink or enrollment answer
+// topic is for is connected.
+func (b *Broker) connected(topic string) bool {
+	t, err := protocol.ParseTopic(topic)
+	if err != nil {
+		return false
+	}
+	id := t.ID
+	if t.Kind == protocol.TopicEnrollResponse {
+		id = EnrollClientPrefix + id
+	}
+	cl, ok := b.server.Clients.Get(id)
+	return ok && !cl.Closed()
 }
 
 // connectTimeout bounds the time a network client has to finish the TLS

@@ -130,7 +130,10 @@ func (r *rogueSetup) token(device string) string {
 func (r *rogueSetup) refused(t *testing.T, name string, d rogueDial, reason int) {
 	t.Helper()
 	before, count := r.snapshot(t), r.refusals(reason)
-	if _, _, err := r.dial(t, d); err == nil {
+	if c, _, err := r.dial(t, d); err == nil {
+		// Disconnect at once: a second session under the same client id
+		// would take this one over.
+		c.Disconnect(0)
 		t.Errorf("%s: connected; want refused (%s)", name, connNames[reason])
 		return
 	}

@@ -96,6 +96,16 @@ func OpenStore(path string) (*Store, error) {
 	return &Store{db: db}, nil
 }
 
+// Volatile trades durability for speed, for a store thrown away with its
+// process, such as the simulator's: commits are not synced to disk, and a
+// batch does not wait for company (writes that arrive together still share
+// a commit), since a simulated device waits for each answer in real time.
+// Call it before the store is used.
+func (s *Store) Volatile() {
+	s.db.NoSync = true
+	s.db.MaxBatchDelay = 0
+}
+
 // ClaimTenant binds the store to a tenant id on first use and refuses any
 // other later: device certificates name the tenant, so serving the store
 // under another id would lock every device out.

@@ -1,27 +1,166 @@
-// Command fleetsim runs thousands of real device agents through an MDM
-// authority migration against the management service and reports how the
-// fleet moved. The simulator itself is not built yet; until it is, the
-// command says so and points at what works today.
+// Command fleetsim runs a fleet of real device agents through an MDM
+// authority migration against the management service, in one process on
+// a virtual clock, and reports how the fleet moved.
+//
+//	fleetsim                       # the default migration: 2,000 devices, office365 to intune
+//	fleetsim --devices 500 --seed 7 --report run.json --timeline run.csv
+//	fleetsim --scenario my.json    # a custom timeline (see the README)
 package main
 
 import (
+	"context"
+	"encoding/json"
+	"errors"
 	"fmt"
+	"io"
 	"os"
+	"os/signal"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
 
 	flag "github.com/spf13/pflag"
+
+	"github.com/mdm-authority/mdm/fleetsim"
+	"github.com/mdm-authority/mdm/protocol"
 )
 
 func main() {
-	flag.Usage = func() {
-		fmt.Fprintf(os.Stderr, "Usage: fleetsim [flags]\n\n"+
-			"Runs the default authority migration (office365 to intune) over a simulated fleet.\n\n")
-		flag.PrintDefaults()
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	code := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
+	stop()
+	os.Exit(code)
+}
+
+// run is the command; it returns the exit status.
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("fleetsim", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	devices := fs.Int("devices", 2000, "devices in the fleet")
+	seed := fs.Uint64("seed", 1, "seed: the same seed gives the same fleet, schedule and figures")
+	mix := fs.String("mix", "ios=30,ipados=10,macos=5,android=30,windows=25", "platform mix, as weights")
+	userless := fs.Float64("userless", 0.05, "share of devices without a user (DEP/bulk): they are not migrated")
+	intermittent := fs.Float64("intermittent", 0.15, "share of devices that come and go (online 1-4 h, offline 2-12 h)")
+	poweredOff := fs.Float64("powered-off", 0.05, "share of devices powered off from shortly before the change for 1-4 days")
+	apnsDelay := fs.Duration("apns-delay", 2*time.Hour, "virtual time from the authority change to the APNs upload for the new authority (default scenario)")
+	scenario := fs.String("scenario", "", "scenario file (JSON; see the README); default the built-in migration")
+	pushRate := fs.Int("push-rate", 500, "most pushes the service sends per virtual second")
+	report := fs.String("report", "", "write the report as JSON to this file")
+	timeline := fs.String("timeline", "", "write the timeline as CSV to this file")
+	quiet := fs.BoolP("quiet", "q", false, "no progress line")
+	fs.Usage = func() {
+		fmt.Fprintf(stderr, "Usage: fleetsim [flags]\n\n"+
+			"Runs an MDM authority migration over a simulated fleet: every device is a real\n"+
+			"agent with its own MQTT session to an embedded broker and service, on a virtual\n"+
+			"clock. Without flags: 2,000 devices move from office365 to intune over 8 days.\n\nFlags:\n%s", fs.FlagUsages())
 	}
-	flag.Parse()
-	fmt.Fprint(os.Stderr, `fleetsim: the fleet simulator is not built yet.
-What works today: the management service (go run ./cmd/mdm-broker serve, see
-README "Running the service"), a test device (go run ./scripts/testdevice),
-and the wire protocol with its specification (protocol/README.md).
-`)
-	os.Exit(1)
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return 0
+		}
+		return 2
+	}
+	if fs.NArg() > 0 {
+		fmt.Fprintf(stderr, "fleetsim: unexpected argument %q (flags only; see --help)\n", fs.Arg(0))
+		return 2
+	}
+	m, err := parseMix(*mix)
+	if err != nil {
+		fmt.Fprintf(stderr, "fleetsim: --mix: %v\n", err)
+		return 2
+	}
+	cfg := fleetsim.Config{Devices: *devices, Seed: *seed, Mix: &m, Userless: userless,
+		Online: &fleetsim.Online{Intermittent: *intermittent, PoweredOff: *poweredOff}, PushRate: *pushRate}
+	if *scenario != "" {
+		sc, err := fleetsim.LoadScenario(*scenario)
+		if err != nil {
+			fmt.Fprintf(stderr, "fleetsim: %v\n", err)
+			return 2
+		}
+		cfg.Scenario = sc
+	} else {
+		cfg.Scenario = fleetsim.DefaultScenario(*apnsDelay)
+	}
+	if !*quiet && isTerminal(stderr) {
+		cfg.Progress = func(p fleetsim.Progress) { progressLine(stderr, p) }
+	}
+	r, err := fleetsim.Run(ctx, cfg)
+	if cfg.Progress != nil {
+		fmt.Fprint(stderr, "\r\033[K")
+	}
+	if err != nil {
+		fmt.Fprintf(stderr, "fleetsim: %v\n", err)
+		return 1
+	}
+	r.WriteSummary(stdout)
+	if *report != "" {
+		b, _ := json.MarshalIndent(r, "", "  ")
+		if err := os.WriteFile(*report, append(b, '\n'), 0o644); err != nil {
+			fmt.Fprintf(stderr, "fleetsim: report: %v\n", err)
+			return 1
+		}
+	}
+	if *timeline != "" {
+		f, err := os.Create(*timeline)
+		if err == nil {
+			err = r.WriteTimeline(f)
+			if cerr := f.Close(); err == nil {
+				err = cerr
+			}
+		}
+		if err != nil {
+			fmt.Fprintf(stderr, "fleetsim: timeline: %v\n", err)
+			return 1
+		}
+	}
+	return 0
+}
+
+// parseMix reads "ios=30,android=70".
+func parseMix(s string) (fleetsim.Mix, error) {
+	var m fleetsim.Mix
+	for _, part := range strings.Split(s, ",") {
+		name, val, ok := strings.Cut(strings.TrimSpace(part), "=")
+		w, err := strconv.ParseFloat(val, 64)
+		if !ok || err != nil || w < 0 {
+			return m, fmt.Errorf("%q: want platform=weight, such as ios=30", part)
+		}
+		p, err := protocol.ParsePlatform(name)
+		if err != nil {
+			return m, fmt.Errorf("%q: platforms are ios, ipados, macos, android, windows", name)
+		}
+		switch p {
+		case protocol.PlatformIOS:
+			m.IOS = w
+		case protocol.PlatformIPadOS:
+			m.IPadOS = w
+		case protocol.PlatformMacOS:
+			m.MacOS = w
+		case protocol.PlatformAndroid:
+			m.Android = w
+		case protocol.PlatformWindows:
+			m.Windows = w
+		}
+	}
+	return m, nil
+}
+
+func isTerminal(w io.Writer) bool {
+	f, ok := w.(*os.File)
+	if !ok {
+		return false
+	}
+	fi, err := f.Stat()
+	return err == nil && fi.Mode()&os.ModeCharDevice != 0
+}
+
+func progressLine(w io.Writer, p fleetsim.Progress) {
+	if p.Phase != "" {
+		fmt.Fprintf(w, "\r\033[K%s", p.Phase)
+		return
+	}
+	fmt.Fprintf(w, "\r\033[Kvirtual %s of %s  office365 %d  intune %d  %.0f check-ins/s",
+		fleetsim.Duration(p.Virtual.Round(time.Minute)), fleetsim.Duration(p.End),
+		p.ByAuthority[protocol.AuthorityOffice365], p.ByAuthority[protocol.AuthorityIntune], p.CheckInsPS)
 }

@@ -1,0 +1,118 @@
+package fleetsim
+
+import (
+	"container/heap"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// Clock is the simulation's virtual clock. It stands still while anything
+// is in flight and jumps to the next timer when the fleet is quiescent;
+// the service reads it through Now.
+type Clock struct {
+	mu  sync.Mutex
+	now time.Time
+}
+
+// Now returns the virtual time.
+func (c *Clock) Now() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.now
+}
+
+func (c *Clock) set(t time.Time) {
+	c.mu.Lock()
+	c.now = t
+	c.mu.Unlock()
+}
+
+// work counts what is in flight: messages published and not yet handled
+// by their receiver (device or service). It is the broker's Tracker, and
+// the simulator's devices count with it too. When the count drops to
+// zero it wakes the loop.
+type work struct {
+	n    atomic.Int64
+	wake chan struct{} // buffered 1
+}
+
+func newWork() *work { return &work{wake: make(chan struct{}, 1)} }
+
+// Add implements broker.Tracker.
+func (w *work) Add(delta int64) {
+	if w.n.Add(delta) == 0 {
+		w.signal()
+	}
+}
+
+func (w *work) signal() {
+	select {
+	case w.wake <- struct{}{}:
+	default:
+	}
+}
+
+// event kinds of the timer heap.
+const (
+	evDevice = iota // a device core's wake-up
+	evToggle        // a device goes offline or online
+	evStep          // a scenario step
+	evFanOut        // the service's push fan-out
+	evSample        // a timeline sample
+	evReturn        // devices taken offline by a step come back
+	evEnroll        // a device of the fleet enrolls
+)
+
+// event is a timer: at a virtual time, something to do. Events at the
+// same time run in the order they were scheduled.
+type event struct {
+	at   time.Time
+	seq  uint64
+	kind int
+	arg  int
+}
+
+type eventHeap []event
+
+func (h eventHeap) Len() int { return len(h) }
+func (h eventHeap) Less(i, j int) bool {
+	if !h[i].at.Equal(h[j].at) {
+		return h[i].at.Before(h[j].at)
+	}
+	return h[i].seq < h[j].seq
+}
+func (h eventHeap) Swap(i, j int) { h[i], h[j] = h[j], h[i] }
+func (h *eventHeap) Push(x any)   { *h = append(*h, x.(event)) }
+func (h *eventHeap) Pop() any {
+	old := *h
+	e := old[len(old)-1]
+	*h = old[:len(old)-1]
+	return e
+}
+
+// timers is the shared timer heap of the whole fleet: one entry per
+// pending wake-up, never a goroutine per timer.
+type timers struct {
+	h   eventHeap
+	seq uint64
+}
+
+func (t *timers) add(at time.Time, kind, arg int) {
+	t.seq++
+	heap.Push(&t.h, event{at: at, seq: t.seq, kind: kind, arg: arg})
+}
+
+func (t *timers) next() (event, bool) {
+	if len(t.h) == 0 {
+		return event{}, false
+	}
+	return heap.Pop(&t.h).(event), true
+}
+
+func (t *timers) peek() (time.Time, bool) {
+	if len(t.h) == 0 {
+		return time.Time{}, false
+	}
+	return t.h[0].at, true
+}

@@ -1,0 +1,373 @@
+package fleetsim
+
+import (
+	"encoding/csv"
+	"fmt"
+	"io"
+	"slices"
+	"strconv"
+	"text/tabwriter"
+	"time"
+
+	"github.com/mdm-authority/mdm/agent"
+	"github.com/mdm-authority/mdm/protocol"
+)
+
+// stats are the simulator's running counters.
+type stats struct {
+	checkInsSent    int
+	checkInsOK      int
+	failedByCode    map[protocol.ErrorCode]int
+	overwritten     int
+	locks           int
+	pushesPublished int
+	encodeErrors    int
+	decodeErrors    int
+	redundantMax    int
+	gapMax          int
+	timeline        []Sample
+}
+
+func (st *stats) failed(code protocol.ErrorCode) {
+	if st.failedByCode == nil {
+		st.failedByCode = map[protocol.ErrorCode]int{}
+	}
+	st.failedByCode[code]++
+}
+
+// Sample is one row of the timeline: the fleet at a virtual time.
+type Sample struct {
+	T                int64          `json:"t_s"` // virtual seconds since the start
+	ByAuthority      map[string]int `json:"by_authority"`
+	RetainedProfiles int            `json:"retained_profiles"`
+	RedundantDevices int            `json:"redundant_devices"`
+	GapDevices       int            `json:"gap_devices"`
+	CheckInsOK       int            `json:"checkins_ok"`     // in the interval
+	Failed           map[string]int `json:"checkins_failed"` // in the interval, by error code
+	// The cumulative counts at the sample, to take the next interval's
+	// from.
+	okTotal     int
+	failedTotal map[protocol.ErrorCode]int
+}
+
+// sample adds a timeline row for now.
+func (s *sim) sample() {
+	now := s.clock.Now()
+	row := Sample{T: int64(now.Sub(start) / time.Second), ByAuthority: map[string]int{}, Failed: map[string]int{}}
+	for _, d := range s.devices {
+		if d == nil || d.canary {
+			continue
+		}
+		st := d.core.State()
+		row.ByAuthority[st.Authority.String()]++
+		for i := range st.Profiles {
+			if st.Profiles[i].Retained() {
+				row.RetainedProfiles++
+			}
+		}
+		if len(agent.Redundant(st.Profiles, st.Authority)) > 0 {
+			row.RedundantDevices++
+		}
+		if len(agent.Gaps(st.Profiles, st.Authority)) > 0 {
+			row.GapDevices++
+		}
+	}
+	okBefore := 0
+	var failedBefore map[protocol.ErrorCode]int
+	if n := len(s.stats.timeline); n > 0 {
+		okBefore, failedBefore = s.stats.timeline[n-1].okTotal, s.stats.timeline[n-1].failedTotal
+	}
+	row.CheckInsOK = s.stats.checkInsOK - okBefore
+	row.failedTotal = map[protocol.ErrorCode]int{}
+	for code, n := range s.stats.failedByCode {
+		row.failedTotal[code] = n
+		if d := n - failedBefore[code]; d > 0 {
+			row.Failed[code.String()] = d
+		}
+	}
+	row.okTotal = s.stats.checkInsOK
+	s.stats.redundantMax = max(s.stats.redundantMax, row.RedundantDevices)
+	s.stats.gapMax = max(s.stats.gapMax, row.GapDevices)
+	s.stats.timeline = append(s.stats.timeline, row)
+}
+
+// Report is what a run found; its JSON keys are documented in the README.
+type Report struct {
+	Seed       uint64           `json:"seed"`
+	Devices    int              `json:"devices"`
+	Scenario   string           `json:"scenario"`
+	Fleet      FleetReport      `json:"fleet"`
+	Authority  AuthorityReport  `json:"authority"`
+	Migration  MigrationReport  `json:"migration"`
+	CheckIns   CheckInReport    `json:"checkins"`
+	Pushes     PushReport       `json:"pushes"`
+	Profiles   ProfileReport    `json:"profiles"`
+	Validation ValidationReport `json:"validation"`
+	Run        RunReport        `json:"run"`
+	// Final counts the fleet's devices by the authority their agents
+	// report at the end.
+	Final    map[string]int `json:"final_by_authority"`
+	Timeline []Sample       `json:"-"`
+}
+
+// FleetReport describes the simulated fleet.
+type FleetReport struct {
+	ByPlatform  map[string]int `json:"by_platform"`
+	Userless    int            `json:"userless"`
+	ByBehaviour map[string]int `json:"by_behaviour"`
+}
+
+// AuthorityReport is the migration the scenario makes.
+type AuthorityReport struct {
+	From      string `json:"from"`
+	To        string `json:"to"`
+	ChangedAt int64  `json:"changed_at_s"`
+}
+
+// MigrationReport counts who moved, and how fast.
+type MigrationReport struct {
+	Eligible         int       `json:"eligible"`
+	Migrated         int       `json:"migrated"`
+	StrandedUserless int       `json:"stranded_userless"`
+	NotMigrated      int       `json:"not_migrated"`
+	Latency          Latencies `json:"latency_s"`
+	OnlineLatency    Latencies `json:"online_latency_s"`
+	// ReadyLatency is measured from when each device was first online
+	// after it could migrate: the "up to about 8 hours" of a device that
+	// missed the push.
+	ReadyLatency      Latencies `json:"ready_latency_s"`
+	OnlineAtChange    int       `json:"online_at_change"`
+	APNsUploadedAtSec int64     `json:"apns_uploaded_at_s"`
+}
+
+// Latencies are percentiles of virtual seconds.
+type Latencies struct {
+	P50 float64 `json:"p50"`
+	P90 float64 `json:"p90"`
+	P99 float64 `json:"p99"`
+	Max float64 `json:"max"`
+}
+
+// CheckInReport counts check-ins by result.
+type CheckInReport struct {
+	OK     int            `json:"ok"`
+	Failed map[string]int `json:"failed"`
+}
+
+// PushReport counts the service's pushes.
+type PushReport struct {
+	Sent    uint64 `json:"sent"`
+	Retried uint64 `json:"retried"`
+}
+
+// ProfileReport counts what happened to profiles on the devices.
+type ProfileReport struct {
+	Overwritten         int `json:"overwritten"`
+	RedundantDevicesMax int `json:"redundant_devices_max"`
+	GapDevices          int `json:"gap_devices"`
+	RetainedAtEnd       int `json:"retained_at_end"`
+}
+
+// ValidationReport is the post-migration check of DESIGN.md: a new device
+// shows under the new authority, and a remote lock from it is
+// acknowledged.
+type ValidationReport struct {
+	CanaryAuthority string `json:"canary_authority"`
+	RemoteLock      string `json:"remote_lock"`
+}
+
+// RunReport is about the run itself, in real time.
+type RunReport struct {
+	WallSeconds    float64 `json:"wall_s"`
+	CheckInsPerSec float64 `json:"checkins_per_s"`
+	PeakRSSBytes   uint64  `json:"peak_rss_bytes"`
+	VirtualSeconds int64   `json:"virtual_s"`
+}
+
+// report builds the report at the end of the run.
+func (s *sim) report() *Report {
+	wall := time.Since(s.realStart).Seconds()
+	r := &Report{
+		Seed: s.cfg.Seed, Devices: s.cfg.Devices, Scenario: s.sc.Name,
+		Fleet:     FleetReport{ByPlatform: map[string]int{}, ByBehaviour: map[string]int{}},
+		Authority: AuthorityReport{From: s.from.String(), To: s.to.String()},
+		CheckIns:  CheckInReport{OK: s.stats.checkInsOK, Failed: map[string]int{}},
+		Profiles: ProfileReport{Overwritten: s.stats.overwritten, RedundantDevicesMax: s.stats.redundantMax,
+			GapDevices: s.stats.gapMax},
+		Timeline: s.stats.timeline,
+		Final:    map[string]int{},
+		Run: RunReport{WallSeconds: wall, PeakRSSBytes: runtimeRSS(),
+			CheckInsPerSec: float64(s.stats.checkInsSent) / wall, VirtualSeconds: int64(s.end.Sub(start) / time.Second)},
+	}
+	for _, p := range protocol.Platforms {
+		r.Fleet.ByPlatform[p.String()] = 0
+	}
+	if !s.changeAt.IsZero() {
+		r.Authority.ChangedAt = int64(s.changeAt.Sub(start) / time.Second)
+	}
+	if at, ok := s.goAt[protocol.PlatformIOS]; ok {
+		r.Migration.APNsUploadedAtSec = int64(at.Sub(start) / time.Second)
+	}
+	var all, online, ready []float64
+	for _, d := range s.devices {
+		if d == nil {
+			continue
+		}
+		st := d.core.State()
+		if d.canary {
+			r.Validation.CanaryAuthority = st.Authority.String()
+			continue
+		}
+		r.Fleet.ByPlatform[d.spec.platform.String()]++
+		r.Fleet.ByBehaviour[d.spec.behaviour.String()]++
+		r.Final[st.Authority.String()]++
+		for i := range st.Profiles {
+			if st.Profiles[i].Retained() {
+				r.Profiles.RetainedAtEnd++
+			}
+		}
+		if d.spec.user == "" {
+			r.Fleet.Userless++
+			if s.to != 0 && st.Authority == s.from {
+				r.Migration.StrandedUserless++
+			}
+			continue
+		}
+		if s.to == 0 {
+			continue
+		}
+		r.Migration.Eligible++
+		if d.onlineAtGo {
+			r.Migration.OnlineAtChange++
+		}
+		if d.migratedAt.IsZero() {
+			r.Migration.NotMigrated++
+			continue
+		}
+		r.Migration.Migrated++
+		from := s.goAt[d.spec.platform]
+		lat := max(d.migratedAt.Sub(from).Seconds(), 0)
+		all = append(all, lat)
+		if d.onlineAtGo {
+			online = append(online, lat)
+		}
+		if !d.readyAt.IsZero() {
+			ready = append(ready, max(d.migratedAt.Sub(d.readyAt).Seconds(), 0))
+		}
+	}
+	r.Migration.Latency = percentiles(all)
+	r.Migration.OnlineLatency = percentiles(online)
+	r.Migration.ReadyLatency = percentiles(ready)
+	for code, n := range s.stats.failedByCode {
+		r.CheckIns.Failed[code.String()] = n
+	}
+	c := s.svc.Counters()
+	r.Pushes = PushReport{Sent: c.PushesSent, Retried: c.PushRetries}
+	r.Validation.RemoteLock = "not sent"
+	if s.lockID != "" && s.canary >= 0 {
+		r.Validation.RemoteLock = "unknown"
+		if _, cmds, err := s.svc.Device(s.devices[s.canary].core.State().Device); err == nil {
+			for _, c := range cmds {
+				if c.ID == s.lockID {
+					r.Validation.RemoteLock = c.State.String()
+				}
+			}
+		}
+	}
+	if r.Validation.CanaryAuthority == "" {
+		r.Validation.CanaryAuthority = "no canary"
+	}
+	return r
+}
+
+// percentiles returns the nearest-rank percentiles of xs.
+func percentiles(xs []float64) Latencies {
+	if len(xs) == 0 {
+		return Latencies{}
+	}
+	slices.Sort(xs)
+	rank := func(p float64) float64 {
+		i := int(p*float64(len(xs))+0.999999) - 1
+		return xs[min(max(i, 0), len(xs)-1)]
+	}
+	return Latencies{P50: rank(0.50), P90: rank(0.90), P99: rank(0.99), Max: xs[len(xs)-1]}
+}
+
+// WriteSummary writes the report as a table a person reads.
+func (r *Report) WriteSummary(w io.Writer) error {
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	p := func(format string, args ...any) { fmt.Fprintf(tw, format, args...) }
+	p("scenario\t%s (seed %d)\n", r.Scenario, r.Seed)
+	p("fleet\t%d devices: ios %d, ipados %d, macos %d, android %d, windows %d; %d userless\n", r.Devices,
+		r.Fleet.ByPlatform["ios"], r.Fleet.ByPlatform["ipados"], r.Fleet.ByPlatform["macos"], r.Fleet.ByPlatform["android"], r.Fleet.ByPlatform["windows"], r.Fleet.Userless)
+	p("online\t%d always on, %d intermittent, %d powered off for days\n", r.Fleet.ByBehaviour["always_on"], r.Fleet.ByBehaviour["intermittent"], r.Fleet.ByBehaviour["powered_off"])
+	p("authority\t%s -> %s at %s\n", r.Authority.From, r.Authority.To, secs(r.Authority.ChangedAt))
+	p("migrated\t%d of %d eligible (%d not); %d userless stranded on %s\n", r.Migration.Migrated, r.Migration.Eligible, r.Migration.NotMigrated, r.Migration.StrandedUserless, r.Authority.From)
+	p("latency\tp50 %s, p90 %s, p99 %s, max %s (from when each could move; iOS/iPadOS from the APNs upload)\n",
+		secsF(r.Migration.Latency.P50), secsF(r.Migration.Latency.P90), secsF(r.Migration.Latency.P99), secsF(r.Migration.Latency.Max))
+	p("  online then\tp50 %s, p99 %s, max %s (%d devices)\n", secsF(r.Migration.OnlineLatency.P50), secsF(r.Migration.OnlineLatency.P99), secsF(r.Migration.OnlineLatency.Max), r.Migration.OnlineAtChange)
+	p("  once online\tp50 %s, p99 %s, max %s (from each device's first time online after it could move)\n", secsF(r.Migration.ReadyLatency.P50), secsF(r.Migration.ReadyLatency.P99), secsF(r.Migration.ReadyLatency.Max))
+	failed := ""
+	for _, code := range slices.Sorted(mapsKeys(r.CheckIns.Failed)) {
+		failed += fmt.Sprintf(", %s %d", code, r.CheckIns.Failed[code])
+	}
+	p("check-ins\t%d ok%s\n", r.CheckIns.OK, failed)
+	p("pushes\t%d sent, %d retries\n", r.Pushes.Sent, r.Pushes.Retried)
+	p("profiles\t%d overwritten; up to %d devices with redundant pairs; up to %d with a protection gap; %d retained at the end\n",
+		r.Profiles.Overwritten, r.Profiles.RedundantDevicesMax, r.Profiles.GapDevices, r.Profiles.RetainedAtEnd)
+	p("validation\tcanary on %s; remote lock %s\n", r.Validation.CanaryAuthority, r.Validation.RemoteLock)
+	p("run\t%.1f s wall for %s virtual, %.0f check-ins/s, peak RSS %d MiB\n", r.Run.WallSeconds, secs(r.Run.VirtualSeconds), r.Run.CheckInsPerSec, r.Run.PeakRSSBytes>>20)
+	return tw.Flush()
+}
+
+func mapsKeys(m map[string]int) func(func(string) bool) {
+	return func(yield func(string) bool) {
+		for k := range m {
+			if !yield(k) {
+				return
+			}
+		}
+	}
+}
+
+func secs(s int64) string { return Duration(time.Duration(s) * time.Second).String() }
+
+func secsF(s float64) string {
+	return Duration(time.Duration(s * float64(time.Second)).Round(time.Second)).String()
+}
+
+// WriteTimeline writes the timeline as CSV: one row per sample, with the
+// devices on each authority, retained profiles, devices with redundant
+// profiles or a protection gap, and the check-ins of the interval by
+// result.
+func (r *Report) WriteTimeline(w io.Writer) error {
+	codes := map[string]bool{}
+	for _, row := range r.Timeline {
+		for c := range row.Failed {
+			codes[c] = true
+		}
+	}
+	failed := slices.Sorted(func(yield func(string) bool) {
+		for c := range codes {
+			if !yield(c) {
+				return
+			}
+		}
+	})
+	cw := csv.NewWriter(w)
+	head := []string{"t_s", "t", "office365", "intune", "retained_profiles", "redundant_devices", "gap_devices", "checkins_ok"}
+	for _, c := range failed {
+		head = append(head, "failed_"+c)
+	}
+	cw.Write(head)
+	for _, row := range r.Timeline {
+		rec := []string{strconv.FormatInt(row.T, 10), secs(row.T), strconv.Itoa(row.ByAuthority["office365"]), strconv.Itoa(row.ByAuthority["intune"]),
+			strconv.Itoa(row.RetainedProfiles), strconv.Itoa(row.RedundantDevices), strconv.Itoa(row.GapDevices), strconv.Itoa(row.CheckInsOK)}
+		for _, c := range failed {
+			rec = append(rec, strconv.Itoa(row.Failed[c]))
+		}
+		cw.Write(rec)
+	}
+	cw.Flush()
+	return cw.Error()
+}

@@ -1,0 +1,862 @@
+package fleetsim
+
+import (
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"maps"
+	mrand "math/rand/v2"
+	"net"
+	"net/url"
+	"os"
+	"path/filepath"
+	"runtime"
+	"slices"
+	"sync"
+	"time"
+
+	paho "github.com/eclipse/paho.mqtt.golang"
+
+	"github.com/mdm-authority/mdm/agent"
+	"github.com/mdm-authority/mdm/broker"
+	"github.com/mdm-authority/mdm/protocol"
+)
+
+// Config describes a run. The zero value of a field means its default.
+type Config struct {
+	// Devices is the size of the fleet; default 2,000.
+	Devices int
+	// Seed makes the run repeatable: the same seed gives the same fleet,
+	// the same schedule and the same figures.
+	Seed uint64
+	// Mix is the platform mix; default DefaultMix.
+	Mix *Mix
+	// Userless is the share of devices without a user (DEP/bulk); nil
+	// means 5%.
+	Userless *float64
+	// Online is the share of intermittent and powered-off devices; nil
+	// means DefaultOnline.
+	Online *Online
+	// Scenario is the timeline; default DefaultScenario(2h).
+	Scenario *Scenario
+	// PushRate is the most pushes the service sends per virtual second;
+	// default 500.
+	PushRate int
+	// Sample is the timeline's interval; default 15 minutes.
+	Sample time.Duration
+	// Progress, when set, is called about once a second of real time.
+	Progress func(Progress)
+	// Dir holds the service's store; default a temporary directory,
+	// removed at the end.
+	Dir string
+}
+
+// Progress is a snapshot for a live progress line.
+type Progress struct {
+	Virtual     time.Duration // since the start
+	End         time.Duration
+	ByAuthority map[protocol.Authority]int
+	CheckInsPS  float64 // check-ins per real second since the last snapshot
+	Phase       string
+}
+
+// start is the virtual time at which every run starts, so that runs with
+// one seed repeat to the millisecond.
+var start = time.Date(2026, 3, 2, 9, 0, 0, 0, time.UTC)
+
+// simDevice is one simulated device: a real agent core and its own MQTT
+// session.
+type simDevice struct {
+	idx    int
+	spec   deviceSpec
+	core   *agent.Core
+	client paho.Client
+	online bool
+	wakeAt time.Time // the scheduled core wake-up, zero if none
+	toggle int       // the next entry of spec.toggles
+	held   int       // offline steps holding the device offline
+
+	migratedAt time.Time // first check-in answered under the target authority
+	onlineAtGo bool      // online when it could first migrate
+	readyAt    time.Time // first online once it could migrate
+	canary     bool
+	stopped    bool
+}
+
+// inbound is a message a device received, waiting for the loop.
+type inbound struct {
+	dev     int
+	payload []byte
+}
+
+// sim is one run.
+type sim struct {
+	cfg   Config
+	sc    *Scenario
+	clock *Clock
+	work  *work
+	svc   *broker.Service
+	b     *broker.Broker
+	store *broker.Store
+	token string
+
+	timers  timers
+	fleet   []deviceSpec
+	devices []*simDevice // nil until enrolled
+
+	inboxMu sync.Mutex
+	inbox   []inbound
+
+	from, to   protocol.Authority
+	changeAt   time.Time
+	goAt       map[protocol.Platform]time.Time // when each platform could first migrate
+	stats      stats
+	fanOutNext time.Time
+	lockID     string
+	canary     int
+	end        time.Time
+	realStart  time.Time
+}
+
+// Run runs the scenario over a simulated fleet and reports what happened.
+func Run(ctx context.Context, cfg Config) (*Report, error) {
+	s, err := newSim(cfg)
+	if err != nil {
+		return nil, err
+	}
+	defer s.close()
+	if err := s.enrollFleet(ctx); err != nil {
+		return nil, err
+	}
+	if err := s.loop(ctx); err != nil {
+		return nil, err
+	}
+	return s.report(), nil
+}
+
+func newSim(cfg Config) (*sim, error) {
+	if cfg.Devices == 0 {
+		cfg.Devices = 2000
+	}
+	if cfg.Devices < 1 || cfg.Devices > 1_000_000 {
+		return nil, fmt.Errorf("devices: %d; want 1 to 1,000,000", cfg.Devices)
+	}
+	if cfg.Mix == nil {
+		cfg.Mix = &DefaultMix
+	}
+	if err := cfg.Mix.validate(); err != nil {
+		return nil, err
+	}
+	if cfg.Userless == nil {
+		u := 0.05
+		cfg.Userless = &u
+	}
+	if *cfg.Userless < 0 || *cfg.Userless > 1 {
+		return nil, fmt.Errorf("userless share %g: want 0 to 1", *cfg.Userless)
+	}
+	if cfg.Online == nil {
+		cfg.Online = &DefaultOnline
+	}
+	if o := cfg.Online; o.Intermittent < 0 || o.PoweredOff < 0 || o.Intermittent+o.PoweredOff > 1 {
+		return nil, fmt.Errorf("online shares %+v: want each 0 to 1, together at most 1", *o)
+	}
+	if cfg.Scenario == nil {
+		cfg.Scenario = DefaultScenario(2 * time.Hour)
+	}
+	if err := cfg.Scenario.Validate(); err != nil {
+		return nil, fmt.Errorf("scenario: %w", err)
+	}
+	if cfg.PushRate == 0 {
+		cfg.PushRate = 500
+	}
+	if cfg.Sample == 0 {
+		cfg.Sample = 15 * time.Minute
+	}
+	s := &sim{cfg: cfg, sc: cfg.Scenario, clock: &Clock{now: start}, work: newWork(), canary: -1, realStart: time.Now()}
+	s.end = start.Add(time.Duration(s.sc.Duration))
+	from, to, at, ok := s.sc.migration()
+	if ok {
+		s.from, s.to, s.changeAt = from, to, start.Add(at)
+	}
+
+	dir := cfg.Dir
+	if dir == "" {
+		d, err := os.MkdirTemp("", "fleetsim-")
+		if err != nil {
+			return nil, fmt.Errorf("service store: %w", err)
+		}
+		dir = d
+		s.cfg.Dir = d
+	}
+	store, err := broker.OpenStore(filepath.Join(dir, "mdm.db"))
+	if err != nil {
+		return nil, err
+	}
+	s.store = store
+	store.Volatile()
+	ca, _, err := broker.LoadOrCreateCA(dir, "contoso", start.Add(-time.Hour))
+	if err != nil {
+		return nil, err
+	}
+	retention := time.Duration(s.sc.Retention)
+	svc, err := broker.NewService(store, ca, broker.Options{Tenant: "contoso", Clock: s.clock,
+		Rand: &lockedReader{r: mrand.NewChaCha8(seedBytes(cfg.Seed, 1))}, RetentionPeriod: retention})
+	if err != nil {
+		return nil, err
+	}
+	s.svc = svc
+	if s.token, err = svc.RotateEnrollmentToken(); err != nil {
+		return nil, err
+	}
+	b, err := broker.NewBroker(svc, nil)
+	if err != nil {
+		return nil, err
+	}
+	b.SetTracker(s.work)
+	if err := b.Serve(); err != nil {
+		return nil, err
+	}
+	s.b = b
+	return s, nil
+}
+
+func (s *sim) close() {
+	for _, d := range s.devices {
+		if d != nil && d.client != nil && d.client.IsConnectionOpen() {
+			d.client.Disconnect(0)
+		}
+	}
+	if s.b != nil {
+		s.b.Close()
+	}
+	if s.store != nil {
+		s.store.Close()
+	}
+	if s.cfg.Dir != "" && s.cfg.Scenario != nil {
+		os.RemoveAll(s.cfg.Dir)
+	}
+}
+
+// lockedReader makes a math/rand source an io.Reader safe for the
+// service's concurrent use.
+type lockedReader struct {
+	mu sync.Mutex
+	r  *mrand.ChaCha8
+}
+
+func (l *lockedReader) Read(b []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.r.Read(b)
+}
+
+func seedBytes(seed uint64, stream byte) [32]byte {
+	var b [32]byte
+	for i := range 8 {
+		b[i] = byte(seed >> (8 * i))
+	}
+	b[31] = stream
+	return b
+}
+
+// dial opens an MQTT session over the in-memory transport: one end of a
+// net.Pipe, the other served by the broker, authenticated like any device.
+func (s *sim) dial(clientID, user, password string, onMessage func(payload []byte)) (paho.Client, error) {
+	opts := paho.NewClientOptions().
+		AddBroker("tcp://fleetsim.invalid:1883").
+		SetClientID(clientID).SetUsername(user).SetPassword(password).
+		SetCleanSession(true).SetProtocolVersion(4).
+		SetAutoReconnect(false).SetConnectRetry(false).
+		SetKeepAlive(0).SetConnectTimeout(30 * time.Second).
+		SetOrderMatters(true).
+		SetDefaultPublishHandler(func(_ paho.Client, m paho.Message) { onMessage(m.Payload()) }).
+		SetCustomOpenConnectionFn(func(*url.URL, paho.ClientOptions) (net.Conn, error) {
+			client, server := net.Pipe()
+			go s.b.Connect(server)
+			return client, nil
+		})
+	c := paho.NewClient(opts)
+	if tok := c.Connect(); !tok.WaitTimeout(30*time.Second) || tok.Error() != nil {
+		return nil, fmt.Errorf("connect %s: %v", clientID, tok.Error())
+	}
+	return c, nil
+}
+
+// subscribe subscribes c to topic and waits for the broker's grant.
+func subscribe(c paho.Client, topic string) error {
+	tok := c.Subscribe(topic, 1, nil)
+	if !tok.WaitTimeout(30*time.Second) || tok.Error() != nil {
+		return fmt.Errorf("subscribe %s: %v", topic, tok.Error())
+	}
+	if q := tok.(*paho.SubscribeToken).Result()[topic]; q > 1 {
+		return fmt.Errorf("subscribe %s: refused", topic)
+	}
+	return nil
+}
+
+// enroll enrolls one device through the enrollment topics, as the agent
+// does, and returns its state.
+func (s *sim) enroll(spec deviceSpec, name string, r *mrand.Rand) (*agent.State, error) {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return nil, err
+	}
+	csr, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{}, key)
+	if err != nil {
+		return nil, err
+	}
+	var rid [8]byte
+	for i := range rid {
+		rid[i] = byte(r.Uint32())
+	}
+	request := hex.EncodeToString(rid[:])
+	typ := protocol.EnrollUser
+	if spec.user == "" {
+		typ = protocol.EnrollBulk
+	}
+	req := &protocol.EnrollRequest{CSR: csr, Token: s.token, Platform: spec.platform, User: spec.user, Type: typ, Name: name, OSVersion: osVersion(spec.platform)}
+	answers := make(chan []byte, 1)
+	c, err := s.dial(protocol.EnrollClientPrefix+request, broker.EnrollUsername, s.token, func(p []byte) {
+		select {
+		case answers <- p:
+		default:
+		}
+	})
+	if err != nil {
+		return nil, err
+	}
+	defer c.Disconnect(0)
+	if err := subscribe(c, protocol.EnrollResponseTopic("contoso", request)); err != nil {
+		return nil, err
+	}
+	var id protocol.MessageID
+	for i := range id {
+		id[i] = byte(r.Uint32())
+	}
+	id[0] |= 1 // never the zero id
+	payload, err := protocol.Encode(protocol.Envelope{ID: id, Sent: protocol.At(s.clock.Now()), Body: req})
+	if err != nil {
+		return nil, err
+	}
+	s.work.Add(1) // the broker counts the answer, and the request handled
+	c.Publish(protocol.EnrollRequestTopic("contoso", request), 1, false, payload)
+	select {
+	case p := <-answers:
+		s.work.Add(-1)
+		env, err := protocol.Decode(p)
+		if err != nil {
+			return nil, fmt.Errorf("enrollment answer: %w", err)
+		}
+		resp, ok := env.Body.(*protocol.EnrollResponse)
+		if !ok || env.ReplyTo != id {
+			return nil, errors.New("enrollment answer: not the answer to the request")
+		}
+		return agent.EnrolledState("contoso", "memory", req, resp, s.clock.Now())
+	case <-time.After(60 * time.Second):
+		return nil, errors.New("enrollment: no answer from the service within 60 s of real time")
+	}
+}
+
+// osVersion is a plausible current OS version per platform.
+func osVersion(p protocol.Platform) string {
+	switch p {
+	case protocol.PlatformIOS, protocol.PlatformIPadOS:
+		return "17.4"
+	case protocol.PlatformMacOS:
+		return "14.4"
+	case protocol.PlatformAndroid:
+		return "14"
+	}
+	return "10.0.22631"
+}
+
+// enrollFleet runs the scenario's steps at the start (the authority must
+// be set first) and schedules the rest, and the fleet's enrollments over
+// the first hours.
+func (s *sim) enrollFleet(ctx context.Context) error {
+	step := 0
+	for ; step < len(s.sc.Steps) && s.sc.Steps[step].At == 0; step++ {
+		if err := s.runStep(step); err != nil {
+			return err
+		}
+	}
+	for i := step; i < len(s.sc.Steps); i++ {
+		s.timers.add(start.Add(time.Duration(s.sc.Steps[i].At)), evStep, i)
+	}
+	s.fleet = makeFleet(s.cfg.Devices, s.cfg.Seed, *s.cfg.Mix, *s.cfg.Userless, *s.cfg.Online,
+		s.changeAt.Sub(start), time.Duration(s.sc.Duration))
+	s.devices = make([]*simDevice, len(s.fleet))
+	s.goAt = map[protocol.Platform]time.Time{}
+	for i, spec := range s.fleet {
+		s.timers.add(start.Add(spec.enrollAt), evEnroll, i)
+	}
+	s.fanOutAt(start)
+	s.timers.add(start, evSample, 0)
+	return nil
+}
+
+// newDevice enrolls a device, connects it and starts its core.
+func (s *sim) newDevice(idx int, spec deviceSpec, name string) (*simDevice, error) {
+	r := mrand.New(mrand.NewPCG(s.cfg.Seed, uint64(idx)+1))
+	st, err := s.enroll(spec, name, r)
+	if err != nil {
+		return nil, err
+	}
+	d := &simDevice{idx: idx, spec: spec}
+	d.core = agent.New(st, agent.Config{Rand: r, Facts: agent.Facts{OSVersion: osVersion(spec.platform), Passcode: true, Encrypted: true}})
+	s.apply(d, d.core.Start(s.clock.Now()))
+	if err := s.connect(d); err != nil {
+		return nil, err
+	}
+	if len(spec.toggles) > 0 {
+		s.timers.add(start.Add(spec.toggles[0]), evToggle, idx)
+	}
+	if _, ok := s.goAt[spec.platform]; ok {
+		d.onlineAtGo = true // enrolled after the change: it could move at once
+	}
+	return d, nil
+}
+
+// connect opens the device's MQTT session, with its connect token.
+func (s *sim) connect(d *simDevice) error {
+	st := d.core.State()
+	c, err := s.dial(st.Device, st.Device, st.ConnectToken, func(p []byte) { s.receive(d.idx, p) })
+	if err != nil {
+		return err
+	}
+	if err := subscribe(c, protocol.DownlinkTopic("contoso", st.Device)); err != nil {
+		c.Disconnect(0)
+		return err
+	}
+	d.client, d.online = c, true
+	if _, ok := s.goAt[d.spec.platform]; ok && d.readyAt.IsZero() {
+		d.readyAt = s.clock.Now()
+	}
+	s.apply(d, d.core.Connected(s.clock.Now()))
+	return nil
+}
+
+func (s *sim) disconnect(d *simDevice) {
+	if !d.online {
+		return
+	}
+	d.client.Disconnect(0)
+	d.client, d.online = nil, false
+	d.core.Disconnected(s.clock.Now())
+	s.schedule(d)
+}
+
+// receive queues a message a device received; the loop handles it.
+func (s *sim) receive(dev int, payload []byte) {
+	s.inboxMu.Lock()
+	s.inbox = append(s.inbox, inbound{dev: dev, payload: payload})
+	s.inboxMu.Unlock()
+	s.work.signal()
+}
+
+// apply carries out what a core asked for.
+func (s *sim) apply(d *simDevice, out agent.Output) {
+	now := s.clock.Now()
+	for _, c := range out.Changes {
+		if c.Kind == agent.Overwritten {
+			s.stats.overwritten++
+		}
+	}
+	for _, env := range out.Send {
+		if d.online {
+			payload, err := protocol.Encode(env)
+			if err != nil {
+				s.stats.encodeErrors++
+				continue
+			}
+			s.work.Add(1)
+			d.client.Publish(protocol.UplinkTopic("contoso", d.core.State().Device), 1, false, payload)
+			if env.Kind() == protocol.KindCheckIn {
+				s.stats.checkInsSent++
+			}
+			s.apply(d, d.core.Published(env))
+		}
+	}
+	for _, lock := range out.Locks {
+		s.stats.locks++
+		s.apply(d, d.core.Finish(now, lock.ID, protocol.CommandDone, ""))
+	}
+	if out.Stop != "" {
+		d.stopped = true
+	}
+	s.schedule(d)
+}
+
+// schedule puts the device's next wake-up on the timer heap.
+func (s *sim) schedule(d *simDevice) {
+	next := d.core.NextWake()
+	if next.IsZero() || next.Equal(d.wakeAt) {
+		return
+	}
+	if next.Before(s.clock.Now()) {
+		next = s.clock.Now()
+	}
+	d.wakeAt = next
+	s.timers.add(next, evDevice, d.idx)
+}
+
+// handle processes one message a device received.
+func (s *sim) handle(in inbound) {
+	defer s.work.Add(-1)
+	d := s.devices[in.dev]
+	if d == nil || d.stopped {
+		return
+	}
+	env, err := protocol.Decode(in.payload)
+	if err != nil {
+		s.stats.decodeErrors++
+		return
+	}
+	now := s.clock.Now()
+	if resp, ok := env.Body.(*protocol.CheckInResponse); ok {
+		if resp.Error == protocol.CodeNone {
+			s.stats.checkInsOK++
+		} else {
+			s.stats.failed(resp.Error)
+		}
+	}
+	s.apply(d, d.core.Receive(now, env))
+	if d.migratedAt.IsZero() && s.to != 0 && d.core.State().Authority == s.to && !s.changeAt.IsZero() && !now.Before(s.changeAt) {
+		d.migratedAt = now
+	}
+}
+
+// drain handles the messages waiting in the inbox and reports whether
+// there were any.
+func (s *sim) drain() bool {
+	s.inboxMu.Lock()
+	batch := s.inbox
+	s.inbox = nil
+	s.inboxMu.Unlock()
+	for _, in := range batch {
+		s.handle(in)
+	}
+	return len(batch) > 0
+}
+
+// stallTimeout is how long, in real time, the loop waits for work in
+// flight before it gives up: far longer than any message takes.
+const stallTimeout = 2 * time.Minute
+
+// loop runs the fleet: it handles messages until nothing is in flight,
+// then moves the virtual clock to the next timer and runs it.
+func (s *sim) loop(ctx context.Context) error {
+	lastProgress, lastCheckIns := time.Now(), 0
+	for {
+		// Settle: everything in flight is handled before time moves.
+		waited := time.Now()
+		for {
+			if s.drain() {
+				waited = time.Now()
+				continue
+			}
+			if s.work.n.Load() == 0 && s.inboxEmpty() {
+				break
+			}
+			select {
+			case <-s.work.wake:
+			case <-ctx.Done():
+				return ctx.Err()
+			case <-time.After(time.Second):
+				if time.Since(waited) > stallTimeout {
+					return fmt.Errorf("simulation stalled at %s: %d messages in flight for %s of real time", s.clock.Now().Sub(start), s.work.n.Load(), stallTimeout)
+				}
+			}
+		}
+		at, ok := s.timers.peek()
+		if !ok || at.After(s.end) {
+			s.clock.set(s.end)
+			s.sample()
+			return nil
+		}
+		if at.After(s.clock.Now()) {
+			s.clock.set(at)
+		}
+		for {
+			next, ok := s.timers.peek()
+			if !ok || next.After(at) {
+				break
+			}
+			e, _ := s.timers.next()
+			if err := s.fire(e); err != nil {
+				return err
+			}
+		}
+		if s.cfg.Progress != nil && time.Since(lastProgress) >= time.Second {
+			s.cfg.Progress(Progress{Virtual: s.clock.Now().Sub(start), End: time.Duration(s.sc.Duration),
+				ByAuthority: s.byAuthority(), CheckInsPS: float64(s.stats.checkInsSent-lastCheckIns) / time.Since(lastProgress).Seconds()})
+			lastProgress, lastCheckIns = time.Now(), s.stats.checkInsSent
+		}
+	}
+}
+
+func (s *sim) inboxEmpty() bool {
+	s.inboxMu.Lock()
+	defer s.inboxMu.Unlock()
+	return len(s.inbox) == 0
+}
+
+// fire runs one timer.
+func (s *sim) fire(e event) error {
+	now := s.clock.Now()
+	switch e.kind {
+	case evEnroll:
+		d, err := s.newDevice(e.arg, s.fleet[e.arg], fmt.Sprintf("sim-%05d", e.arg))
+		if err != nil {
+			return fmt.Errorf("device %d: %w", e.arg, err)
+		}
+		s.devices[e.arg] = d
+	case evDevice:
+		d := s.devices[e.arg]
+		if !d.wakeAt.Equal(e.at) {
+			return nil // superseded
+		}
+		d.wakeAt = time.Time{}
+		s.apply(d, d.core.Tick(now))
+	case evToggle:
+		d := s.devices[e.arg]
+		goingOffline := d.toggle%2 == 0
+		d.toggle++
+		if d.toggle < len(d.spec.toggles) {
+			s.timers.add(start.Add(d.spec.toggles[d.toggle]), evToggle, d.idx)
+		}
+		if d.stopped {
+			return nil
+		}
+		if goingOffline {
+			s.disconnect(d)
+		} else if d.held == 0 {
+			return s.connect(d)
+		}
+	case evReturn:
+		for _, d := range s.devices {
+			if d != nil && d.held == e.arg+1 {
+				d.held = 0
+				if !d.online && !d.stopped && d.toggle%2 == 0 {
+					if err := s.connect(d); err != nil {
+						return err
+					}
+				}
+			}
+		}
+	case evStep:
+		return s.runStep(e.arg)
+	case evFanOut:
+		if !e.at.Equal(s.fanOutNext) {
+			return nil // superseded by an earlier one
+		}
+		s.fanOutNext = time.Time{}
+		n, err := s.b.PublishDuePushes(s.cfg.PushRate)
+		if err != nil {
+			return err
+		}
+		s.stats.pushesPublished += n
+		next := time.Minute
+		if n > 0 {
+			next = time.Second
+		}
+		s.fanOutAt(now.Add(next))
+	case evSample:
+		s.sample()
+		s.timers.add(now.Add(s.cfg.Sample), evSample, 0)
+	}
+	return nil
+}
+
+// runStep carries out a scenario step through the service, as an admin
+// would through the admin API.
+func (s *sim) runStep(i int) error {
+	st := s.sc.Steps[i]
+	now := s.clock.Now()
+	fail := func(err error) error {
+		return fmt.Errorf("scenario step %d (%s at %s): %w", i+1, st.Action, st.At, err)
+	}
+	authority, _ := protocol.ParseAuthority(st.Authority)
+	typ, _ := protocol.ParseProfileType(st.Type)
+	switch st.Action {
+	case ActionSetAuthority:
+		m, _ := broker.ParseMode(st.Authority)
+		if _, _, err := s.svc.SetAuthority(m); err != nil {
+			return fail(err)
+		}
+		if now.Equal(s.changeAt) {
+			tenant := s.svc.Tenant()
+			for _, p := range protocol.Platforms {
+				if _, ok := s.goAt[p]; !ok && !(p.NeedsAPNs() && !tenant.HasAPNs(s.to)) {
+					s.goAt[p] = now
+				}
+			}
+			s.markReady(func(protocol.Platform) bool { return true })
+		}
+		s.fanOutAt(now)
+	case ActionUploadAPNs:
+		if _, err := s.svc.UploadAPNs(authority, true); err != nil {
+			return fail(err)
+		}
+		if authority == s.to && !s.changeAt.IsZero() && !now.Before(s.changeAt) {
+			for _, p := range []protocol.Platform{protocol.PlatformIOS, protocol.PlatformIPadOS} {
+				if _, ok := s.goAt[p]; !ok {
+					s.goAt[p] = now
+					s.markReady(func(q protocol.Platform) bool { return q == p })
+				}
+			}
+		}
+		s.fanOutAt(now)
+	case ActionAddProfile:
+		if _, _, err := s.svc.PutProfile(authority, typ, st.Name, settingsOf(st.Settings)); err != nil {
+			return fail(err)
+		}
+	case ActionRemoveProfile:
+		if _, err := s.svc.RemoveProfile(authority, typ, st.Name); err != nil {
+			return fail(err)
+		}
+	case ActionRenameProfile:
+		var settings protocol.Settings
+		if ps, err := s.svc.Profiles(); err == nil {
+			for _, p := range ps {
+				if p.Authority == authority && p.Type == typ && p.Name == st.Name {
+					settings = p.Settings
+				}
+			}
+		}
+		if _, err := s.svc.RemoveProfile(authority, typ, st.Name); err != nil {
+			return fail(err)
+		}
+		if _, _, err := s.svc.PutProfile(authority, typ, st.NewName, settings); err != nil {
+			return fail(err)
+		}
+	case ActionSetLicense:
+		if _, err := s.svc.SetLicense(st.User, *st.Intune); err != nil {
+			return fail(err)
+		}
+	case ActionOffline:
+		r := mrand.New(mrand.NewPCG(s.cfg.Seed, 0x6f66666c696e65+uint64(i)))
+		for _, d := range s.devices {
+			if d != nil && r.Float64() < st.Share && !d.stopped {
+				d.held = i + 1
+				s.disconnect(d)
+			}
+		}
+		s.timers.add(now.Add(time.Duration(st.For)), evReturn, i)
+	case ActionEnrollCanary:
+		p := protocol.PlatformIOS
+		if st.Platform != "" {
+			p, _ = protocol.ParsePlatform(st.Platform)
+		}
+		user := st.User
+		if user == "" {
+			user = "canary@contoso.example"
+		}
+		d, err := s.newDevice(len(s.devices), deviceSpec{platform: p, user: user}, "canary")
+		if err != nil {
+			return fail(err)
+		}
+		d.canary = true
+		s.canary = d.idx
+		s.devices = append(s.devices, d)
+	case ActionRemoteLock:
+		cmd, err := s.svc.IssueCommand(s.devices[s.canary].core.State().Device, protocol.CommandRemoteLock, "Lost device: call IT")
+		if err != nil {
+			return fail(err)
+		}
+		s.lockID = cmd.ID
+		s.fanOutAt(now)
+	}
+	return nil
+}
+
+// markReady notes, for the devices of the platforms that can move from
+// now on, whether they are online now.
+func (s *sim) markReady(platform func(protocol.Platform) bool) {
+	now := s.clock.Now()
+	for _, d := range s.devices {
+		if d == nil || !platform(d.spec.platform) {
+			continue
+		}
+		d.onlineAtGo = d.online
+		if d.online && d.readyAt.IsZero() {
+			d.readyAt = now
+		}
+	}
+}
+
+// fanOutAt runs the service's push fan-out at t, unless it runs earlier.
+// The fan-out runs every virtual second while pushes are due and every
+// minute otherwise (push retries are minutes apart).
+func (s *sim) fanOutAt(t time.Time) {
+	if !s.fanOutNext.IsZero() && !t.Before(s.fanOutNext) {
+		return
+	}
+	s.fanOutNext = t
+	s.timers.add(t, evFanOut, 0)
+}
+
+// byAuthority counts the fleet's devices by the authority their agents
+// report.
+func (s *sim) byAuthority() map[protocol.Authority]int {
+	m := map[protocol.Authority]int{}
+	for _, d := range s.devices {
+		if d != nil && !d.canary {
+			m[d.core.State().Authority]++
+		}
+	}
+	return m
+}
+
+// runtimeRSS returns the peak resident set size of the process, from
+// /proc on Linux; zero elsewhere.
+func runtimeRSS() uint64 {
+	if runtime.GOOS != "linux" {
+		return 0
+	}
+	f, err := os.Open("/proc/self/status")
+	if err != nil {
+		return 0
+	}
+	defer f.Close()
+	b, _ := io.ReadAll(io.LimitReader(f, 1<<16))
+	var kb uint64
+	for _, line := range splitLines(string(b)) {
+		if n, _ := fmt.Sscanf(line, "VmHWM: %d kB", &kb); n == 1 {
+			return kb * 1024
+		}
+	}
+	return 0
+}
+
+func splitLines(s string) []string {
+	var out []string
+	for len(s) > 0 {
+		i := 0
+		for i < len(s) && s[i] != '\n' {
+			i++
+		}
+		out = append(out, s[:i])
+		if i < len(s) {
+			i++
+		}
+		s = s[i:]
+	}
+	return out
+}
+
+// settingsOf turns a scenario's settings into the protocol's, in key order
+// so that a run repeats.
+func settingsOf(m map[string]string) protocol.Settings {
+	var out protocol.Settings
+	for _, k := range slices.Sorted(maps.Keys(m)) {
+		out = append(out, protocol.Setting{Key: k, Value: m[k]})
+	}
+	return out
+}
