@@ -1,0 +1,150 @@
+package fleetsim
+
+import (
+	"context"
+	"reflect"
+	"testing"
+	"time"
+
+	"github.com/mdm-authority/mdm/protocol"
+)
+
+// runSim runs a small fleet through a scenario and returns the finished
+// simulation, for tests that look at single devices.
+func runSim(t *testing.T, cfg Config) (*sim, *Report) {
+	t.Helper()
+	s, err := newSim(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(s.close)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	if err := s.enrollFleet(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.loop(ctx); err != nil {
+		t.Fatal(err)
+	}
+	return s, s.report()
+}
+
+// TestDefaultMigration runs the default scenario over 200 devices and
+// checks the outcome DESIGN.md's rules imply.
+func TestDefaultMigration(t *testing.T) {
+	s, r := runSim(t, Config{Devices: 200, Seed: 3})
+	change := start.Add(12 * time.Hour)
+	apns := change.Add(2 * time.Hour)
+
+	if r.Authority.From != "office365" || r.Authority.To != "intune" || r.Authority.ChangedAt != 12*3600 {
+		t.Errorf("authority = %+v; want office365 to intune at 43200 s", r.Authority)
+	}
+	if r.Migration.Eligible == 0 || r.Migration.Migrated != r.Migration.Eligible || r.Migration.NotMigrated != 0 {
+		t.Errorf("migrated %d of %d eligible (%d not); want all: every user-bound device comes online in this scenario",
+			r.Migration.Migrated, r.Migration.Eligible, r.Migration.NotMigrated)
+	}
+	if r.Fleet.Userless == 0 || r.Migration.StrandedUserless != r.Fleet.Userless {
+		t.Errorf("%d userless devices, %d stranded; want all of them stranded", r.Fleet.Userless, r.Migration.StrandedUserless)
+	}
+	if r.Migration.OnlineAtChange == 0 || r.Migration.OnlineLatency.Max > 10*60 {
+		t.Errorf("devices online at the change (%d) took up to %.0f s; want minutes at most", r.Migration.OnlineAtChange, r.Migration.OnlineLatency.Max)
+	}
+	for _, d := range s.devices {
+		if d.canary || d.spec.user == "" {
+			continue
+		}
+		p := d.spec.platform
+		if p.NeedsAPNs() && d.migratedAt.Before(apns) {
+			t.Errorf("%s device %d migrated at %s, before the APNs upload at %s", p, d.idx, d.migratedAt.Sub(start), apns.Sub(start))
+		}
+		if d.spec.behaviour == AlwaysOn {
+			could := change
+			if p.NeedsAPNs() {
+				could = apns
+			}
+			if late := d.migratedAt.Sub(could); late > 8*time.Hour {
+				t.Errorf("always-on %s device %d migrated %s after it could; want at most about 8 h", p, d.idx, late)
+			}
+		}
+	}
+	if r.CheckIns.Failed["apns_certificate_missing"] == 0 {
+		t.Error("no iOS check-in failed between the change and the APNs upload")
+	}
+	// One overwrite (Corp Mail), one redundant pair (the renamed baseline)
+	// and one gap (compliance) per migrated device; nothing retained after
+	// the deadline.
+	if r.Profiles.Overwritten != r.Migration.Migrated {
+		t.Errorf("%d overwrites; want one per migrated device (%d)", r.Profiles.Overwritten, r.Migration.Migrated)
+	}
+	if r.Profiles.RedundantDevicesMax == 0 || r.Profiles.RedundantDevicesMax > r.Migration.Migrated {
+		t.Errorf("up to %d devices with redundant pairs; want some, at most the %d migrated", r.Profiles.RedundantDevicesMax, r.Migration.Migrated)
+	}
+	if r.Profiles.GapDevices == 0 || r.Profiles.GapDevices > r.Migration.Migrated {
+		t.Errorf("up to %d devices with a gap; want some, at most the %d migrated", r.Profiles.GapDevices, r.Migration.Migrated)
+	}
+	if r.Profiles.RetainedAtEnd != 0 {
+		t.Errorf("%d profiles retained after the deadline; want none", r.Profiles.RetainedAtEnd)
+	}
+	if last := r.Timeline[len(r.Timeline)-1]; last.RedundantDevices != 0 || last.GapDevices != 0 {
+		t.Errorf("at the end: %d devices with redundant pairs, %d with gaps pending; want none", last.RedundantDevices, last.GapDevices)
+	}
+	if r.Validation.CanaryAuthority != "intune" || r.Validation.RemoteLock != "acknowledged" {
+		t.Errorf("validation = %+v; want the canary on intune and its lock acknowledged", r.Validation)
+	}
+	if r.Pushes.Sent == 0 {
+		t.Error("no pushes sent")
+	}
+}
+
+// TestSameSeedSameFigures: two runs with one seed give the same fleet,
+// migration and profile figures; another seed gives another fleet.
+func TestSameSeedSameFigures(t *testing.T) {
+	_, a := runSim(t, Config{Devices: 80, Seed: 11})
+	_, b := runSim(t, Config{Devices: 80, Seed: 11})
+	if !reflect.DeepEqual(a.Fleet, b.Fleet) || !reflect.DeepEqual(a.Migration, b.Migration) || !reflect.DeepEqual(a.Profiles, b.Profiles) ||
+		!reflect.DeepEqual(a.CheckIns, b.CheckIns) || !reflect.DeepEqual(a.Timeline, b.Timeline) {
+		t.Errorf("one seed, two outcomes:\n%+v\n%+v\n%+v\n%+v", a.Migration, b.Migration, a.CheckIns, b.CheckIns)
+	}
+	_, c := runSim(t, Config{Devices: 80, Seed: 12})
+	if reflect.DeepEqual(a.Fleet, c.Fleet) && reflect.DeepEqual(a.Migration, c.Migration) {
+		t.Error("seeds 11 and 12 gave the same fleet and figures")
+	}
+}
+
+// TestScenarioSteps runs a custom timeline: coexistence with a license
+// change, a renamed profile, part of the fleet offline.
+func TestScenarioSteps(t *testing.T) {
+	yes := true
+	sc := &Scenario{Name: "coexistence", Duration: Duration(30 * time.Hour), Retention: Duration(7 * 24 * time.Hour), Steps: []Step{
+		{At: 0, Action: ActionSetAuthority, Authority: "office365"},
+		{At: 0, Action: ActionAddProfile, Authority: "office365", Type: "email", Name: "Mail"},
+		{At: Duration(time.Hour), Action: ActionAddProfile, Authority: "intune", Type: "wifi", Name: "WiFi"},
+		{At: Duration(6 * time.Hour), Action: ActionSetAuthority, Authority: "coexistence"},
+		{At: Duration(7 * time.Hour), Action: ActionSetLicense, User: "user00001@contoso.example", Intune: &yes},
+		{At: Duration(8 * time.Hour), Action: ActionRenameProfile, Authority: "office365", Type: "email", Name: "Mail", NewName: "Corp Mail"},
+		{At: Duration(9 * time.Hour), Action: ActionOffline, Share: 0.5, For: Duration(3 * time.Hour)},
+		{At: Duration(20 * time.Hour), Action: ActionEnrollCanary, Platform: "android", User: "user00001@contoso.example"},
+		{At: Duration(20*time.Hour + time.Minute), Action: ActionRemoteLock},
+	}}
+	mix := Mix{Android: 1}
+	s, r := runSim(t, Config{Devices: 30, Seed: 5, Scenario: sc, Mix: &mix, Online: &Online{}})
+
+	for _, d := range s.devices {
+		st := d.core.State()
+		want := protocol.AuthorityOffice365
+		if d.spec.user == "user00001@contoso.example" {
+			want = protocol.AuthorityIntune
+		}
+		if st.Authority != want {
+			t.Errorf("device %d (user %q) on %s; want %s", d.idx, d.spec.user, st.Authority, want)
+		}
+		if want == protocol.AuthorityOffice365 && d.spec.user != "" {
+			if len(st.Profiles) != 1 || st.Profiles[0].Name != "Corp Mail" {
+				t.Errorf("device %d profiles %+v; want the renamed Corp Mail only", d.idx, st.Profiles)
+			}
+		}
+	}
+	if r.Validation.CanaryAuthority != "intune" || r.Validation.RemoteLock != "acknowledged" {
+		t.Errorf("validation = %+v; want the licensed canary on intune and its lock acknowledged", r.Validation)
+	}
+}
