@@ -44,18 +44,18 @@ func TestDefaultScenarioFile(t *testing.T) {
 func TestScenarioErrors(t *testing.T) {
 	dir := t.TempDir()
 	cases := map[string]string{
-		`{"duration": "1d", "steps": [{"at": "0s", "action": "add_profile", "authority": "intune", "type": "email", "name": "x"}]}`: `first step must be "set_authority"`,
-		`{"steps": [{"at": "0s", "action": "set_authority", "authority": "intune"}]}`:                                                 `"duration" is missing`,
-		`{"duration": "1d", "steps": [{"at": "0s", "action": "set_authority", "authority": "unknown"}]}`:                              `want intune, office365 or coexistence`,
-		`{"duration": "1d", "steps": [{"at": "0s", "action": "set_authority", "authority": "intune"}, {"at": "2d", "action": "upload_apns", "authority": "intune"}]}`: "after the end",
-		`{"duration": "1d", "steps": [{"at": "1h", "action": "set_authority", "authority": "intune"}, {"at": "0s", "action": "upload_apns", "authority": "intune"}]}`: "time order",
-		`{"duration": "1d", "steps": [{"at": "0s", "action": "set_authority", "authority": "intune"}, {"at": "1h", "action": "remote_lock"}]}`:                      `put an "enroll_canary" step before it`,
-		`{"duration": "1d", "steps": [{"at": "0s", "action": "set_authority", "authority": "intune"}, {"at": "1h", "action": "reboot"}]}`:                           `unknown action "reboot"`,
-		`{"duration": "1d", "steps": [{"at": "0s", "action": "set_authority", "authority": "intune"}, {"at": "1h", "action": "offline", "share": 2, "for": "1h"}]}`: `"share"`,
+		`{"duration": "1d", "steps": [{"at": "0s", "action": "add_profile", "authority": "intune", "type": "email", "name": "x"}]}`:                                                               `first step must be "set_authority"`,
+		`{"steps": [{"at": "0s", "action": "set_authority", "authority": "intune"}]}`:                                                                                                             `"duration" is missing`,
+		`{"duration": "1d", "steps": [{"at": "0s", "action": "set_authority", "authority": "unknown"}]}`:                                                                                          `want intune, office365 or coexistence`,
+		`{"duration": "1d", "steps": [{"at": "0s", "action": "set_authority", "authority": "intune"}, {"at": "2d", "action": "upload_apns", "authority": "intune"}]}`:                             "after the end",
+		`{"duration": "1d", "steps": [{"at": "1h", "action": "set_authority", "authority": "intune"}, {"at": "0s", "action": "upload_apns", "authority": "intune"}]}`:                             "time order",
+		`{"duration": "1d", "steps": [{"at": "0s", "action": "set_authority", "authority": "intune"}, {"at": "1h", "action": "remote_lock"}]}`:                                                    `put an "enroll_canary" step before it`,
+		`{"duration": "1d", "steps": [{"at": "0s", "action": "set_authority", "authority": "intune"}, {"at": "1h", "action": "reboot"}]}`:                                                         `unknown action "reboot"`,
+		`{"duration": "1d", "steps": [{"at": "0s", "action": "set_authority", "authority": "intune"}, {"at": "1h", "action": "offline", "share": 2, "for": "1h"}]}`:                               `"share"`,
 		`{"duration": "1d", "steps": [{"at": "0s", "action": "set_authority", "authority": "intune"}, {"at": "1h", "action": "add_profile", "authority": "intune", "type": "fax", "name": "x"}]}`: `"type" "fax"`,
-		`{"duration": "1d", "duration": "2d", "steps": []}`:  "repeated",
-		`{"duration": "1d", "stepz": []}`:                    "unknown field",
-		`{"duration": "1w", "steps": []}`:                    "duration",
+		`{"duration": "1d", "duration": "2d", "steps": []}`: "repeated",
+		`{"duration": "1d", "stepz": []}`:                   "unknown field",
+		`{"duration": "1w", "steps": []}`:                   "duration",
 		strings.Repeat("[", 100) + strings.Repeat("]", 100): "nests deeper",
 	}
 	i := 0
