@@ -50,6 +50,12 @@ type Config struct {
 	PushRate int
 	// Sample is the timeline's interval; default 15 minutes.
 	Sample time.Duration
+	// Resolution rounds the devices' own timers (scheduled check-ins,
+	// retries, timeouts) up to a multiple of it, so that devices due at
+	// about the same time act together and the service sees them in one
+	// batch, as it would at scale; default 10 seconds. Messages are never
+	// delayed by it: a push is answered at once.
+	Resolution time.Duration
 	// Progress, when set, is called about once a second of real time.
 	Progress func(Progress)
 	// Dir holds the service's store; default a temporary directory,
@@ -177,6 +183,12 @@ func newSim(cfg Config) (*sim, error) {
 	}
 	if cfg.Sample == 0 {
 		cfg.Sample = 15 * time.Minute
+	}
+	if cfg.Resolution == 0 {
+		cfg.Resolution = 10 * time.Second
+	}
+	if cfg.Resolution < 0 || cfg.Resolution > time.Hour {
+		return nil, fmt.Errorf("resolution %s: want up to 1h", cfg.Resolution)
 	}
 	s := &sim{cfg: cfg, sc: cfg.Scenario, clock: &Clock{now: start}, work: newWork(), canary: -1, realStart: time.Now()}
 	s.end = start.Add(time.Duration(s.sc.Duration))
@@ -496,11 +508,17 @@ func (s *sim) apply(d *simDevice, out agent.Output) {
 // schedule puts the device's next wake-up on the timer heap.
 func (s *sim) schedule(d *simDevice) {
 	next := d.core.NextWake()
-	if next.IsZero() || next.Equal(d.wakeAt) {
+	if next.IsZero() {
 		return
 	}
 	if next.Before(s.clock.Now()) {
 		next = s.clock.Now()
+	}
+	if q := s.cfg.Resolution; q > 0 {
+		next = start.Add((next.Sub(start) + q - 1) / q * q)
+	}
+	if next.Equal(d.wakeAt) {
+		return
 	}
 	d.wakeAt = next
 	s.timers.add(next, evDevice, d.idx)
