@@ -206,6 +206,14 @@ func (b *Broker) track(delta int64) {
 	}
 }
 
+// Connected reports whether a client with that id has a live session.
+// The simulator waits on it after it disconnects a device, so that no
+// message is counted for a session that is going away.
+func (b *Broker) Connected(clientID string) bool {
+	cl, ok := b.server.Clients.Get(clientID)
+	return ok && !cl.Closed()
+}
+
 // connected reports whether the client a downlink or enrollment answer
 // topic is for is connected.
 func (b *Broker) connected(topic string) bool {
@@ -217,8 +225,7 @@ func (b *Broker) connected(topic string) bool {
 	if t.Kind == protocol.TopicEnrollResponse {
 		id = EnrollClientPrefix + id
 	}
-	cl, ok := b.server.Clients.Get(id)
-	return ok && !cl.Closed()
+	return b.Connected(id)
 }
 
 // connectTimeout bounds the time a network client has to finish the TLS

@@ -459,6 +459,12 @@ func (s *sim) disconnect(d *simDevice) {
 		return
 	}
 	d.client.Disconnect(0)
+	// Wait until the broker has let the session go: until then it would
+	// count a message to the device that will never arrive.
+	id := d.core.State().Device
+	for deadline := time.Now().Add(10 * time.Second); s.b.Connected(id) && time.Now().Before(deadline); {
+		time.Sleep(20 * time.Microsecond)
+	}
 	d.client, d.online = nil, false
 	d.core.Disconnected(s.clock.Now())
 	s.schedule(d)

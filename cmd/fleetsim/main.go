@@ -48,6 +48,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	pushRate := fs.Int("push-rate", 500, "most pushes the service sends per virtual second")
 	report := fs.String("report", "", "write the report as JSON to this file")
 	timeline := fs.String("timeline", "", "write the timeline as CSV to this file")
+	plotFile := fs.String("plot", "", "draw the timeline as a PNG chart in this file")
 	quiet := fs.BoolP("quiet", "q", false, "no progress line")
 	fs.Usage = func() {
 		fmt.Fprintf(stderr, "Usage: fleetsim [flags]\n\n"+
@@ -101,20 +102,32 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 			return 1
 		}
 	}
-	if *timeline != "" {
-		f, err := os.Create(*timeline)
-		if err == nil {
-			err = r.WriteTimeline(f)
-			if cerr := f.Close(); err == nil {
-				err = cerr
-			}
+	for _, out := range []struct {
+		path, what string
+		write      func(io.Writer) error
+	}{{*timeline, "timeline", r.WriteTimeline}, {*plotFile, "plot", r.WritePlot}} {
+		if out.path == "" {
+			continue
 		}
-		if err != nil {
-			fmt.Fprintf(stderr, "fleetsim: timeline: %v\n", err)
+		if err := writeFile(out.path, out.write); err != nil {
+			fmt.Fprintf(stderr, "fleetsim: %s: %v\n", out.what, err)
 			return 1
 		}
 	}
 	return 0
+}
+
+// writeFile creates path and writes it with write.
+func writeFile(path string, write func(io.Writer) error) error {
+	f, err := os.Create(path)
+	if err != nil {
+		return err
+	}
+	err = write(f)
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	return err
 }
 
 // parseMix reads "ios=30,android=70".

@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"image"
+	_ "image/png"
 	"os"
 	"path/filepath"
 	"strings"
@@ -14,9 +16,9 @@ import (
 // the summary is printed and that the report has every documented key.
 func TestReportKeys(t *testing.T) {
 	dir := t.TempDir()
-	report, timeline := filepath.Join(dir, "r.json"), filepath.Join(dir, "t.csv")
+	report, timeline, chart := filepath.Join(dir, "r.json"), filepath.Join(dir, "t.csv"), filepath.Join(dir, "p.png")
 	var out, errOut bytes.Buffer
-	if code := run(context.Background(), []string{"--devices", "25", "--seed", "4", "--report", report, "--timeline", timeline}, &out, &errOut); code != 0 {
+	if code := run(context.Background(), []string{"--devices", "25", "--seed", "4", "--report", report, "--timeline", timeline, "--plot", chart}, &out, &errOut); code != 0 {
 		t.Fatalf("exit %d: %s", code, errOut.String())
 	}
 	for _, want := range []string{"migrated", "latency", "validation", "canary on intune; remote lock acknowledged"} {
@@ -57,6 +59,13 @@ func TestReportKeys(t *testing.T) {
 		if v == nil {
 			t.Errorf("report lacks %s", key)
 		}
+	}
+	png, err := os.ReadFile(chart)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if img, format, err := image.DecodeConfig(bytes.NewReader(png)); err != nil || format != "png" || img.Width < 600 {
+		t.Errorf("plot: %v, %s %+v; want a PNG chart", err, format, img)
 	}
 	csv, err := os.ReadFile(timeline)
 	if err != nil {
