@@ -22,10 +22,10 @@ func (r *Report) WritePlot(w io.Writer) error {
 	}
 	p := plot.New()
 	p.Title.Text = fmt.Sprintf("%s: %d devices (seed %d)", r.Scenario, r.Devices, r.Seed)
-	p.X.Label.Text = "virtual hours since the start"
+	p.X.Label.Text = "virtual days since the start"
 	p.Y.Label.Text = "devices"
 	p.Legend.Top = true
-	p.Legend.Left = false
+	p.Legend.Left = true
 	p.Add(plotter.NewGrid())
 
 	series := []struct {
@@ -42,7 +42,7 @@ func (r *Report) WritePlot(w io.Writer) error {
 	for _, s := range series {
 		pts := make(plotter.XYs, len(r.Timeline))
 		for i := range r.Timeline {
-			pts[i].X = float64(r.Timeline[i].T) / 3600
+			pts[i].X = float64(r.Timeline[i].T) / 86400
 			pts[i].Y = float64(s.value(&r.Timeline[i]))
 		}
 		line, err := plotter.NewLine(pts)
@@ -52,7 +52,10 @@ func (r *Report) WritePlot(w io.Writer) error {
 		line.Color = s.color
 		line.Width = vg.Points(1.5)
 		if s.dash {
-			line.Dashes = []vg.Length{vg.Points(4), vg.Points(3)}
+			// Wider, so that they show where they coincide with a
+			// solid line.
+			line.Width = vg.Points(2.5)
+			line.Dashes = []vg.Length{vg.Points(5), vg.Points(5)}
 		}
 		p.Add(line)
 		p.Legend.Add(s.name, line)
@@ -65,7 +68,7 @@ func (r *Report) WritePlot(w io.Writer) error {
 		if m.at <= 0 {
 			continue
 		}
-		x := float64(m.at) / 3600
+		x := float64(m.at) / 86400
 		line, err := plotter.NewLine(plotter.XYs{{X: x, Y: 0}, {X: x, Y: float64(r.Devices)}})
 		if err != nil {
 			return fmt.Errorf("plot: %w", err)
@@ -73,9 +76,10 @@ func (r *Report) WritePlot(w io.Writer) error {
 		line.Color = color.RGBA{A: 0x80}
 		line.Dashes = []vg.Length{vg.Points(1), vg.Points(2)}
 		p.Add(line)
-		p.Legend.Add(fmt.Sprintf("%s (%.0f h)", m.name, x), line)
+		p.Legend.Add(fmt.Sprintf("%s (%s)", m.name, secs(m.at)), line)
 	}
-	p.Y.Min = 0
+	// Headroom above the fleet for the legend.
+	p.Y.Min, p.Y.Max = 0, float64(r.Devices)*1.45
 	c := vgimg.New(vg.Points(900), vg.Points(450))
 	p.Draw(draw.New(c))
 	if _, err := (vgimg.PngCanvas{Canvas: c}).WriteTo(w); err != nil {
