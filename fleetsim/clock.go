@@ -73,6 +73,7 @@ type event struct {
 	arg  int
 }
 
+// eventHeap implements heap.Interface, earliest first.
 type eventHeap []event
 
 func (h eventHeap) Len() int { return len(h) }

@@ -56,6 +56,8 @@ const (
 
 var behaviourNames = [...]string{"always_on", "intermittent", "powered_off"}
 
+// String returns the behaviour's name in reports: always_on,
+// intermittent or powered_off.
 func (b Behaviour) String() string {
 	if int(b) < len(behaviourNames) {
 		return behaviourNames[b]
