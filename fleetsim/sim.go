@@ -58,8 +58,8 @@ type Config struct {
 	Resolution time.Duration
 	// Progress, when set, is called about once a second of real time.
 	Progress func(Progress)
-	// Dir holds the service's store; default a temporary directory,
-	// removed at the end.
+	// Dir is an empty directory for the service's store and CA, kept
+	// after the run; default a temporary directory, removed at the end.
 	Dir string
 }
 
@@ -128,6 +128,7 @@ type sim struct {
 	canary     int
 	end        time.Time
 	realStart  time.Time
+	tempDir    string // the store's directory when the run made it
 }
 
 // Run runs the scenario over a simulated fleet and reports what happened.
@@ -197,45 +198,53 @@ func newSim(cfg Config) (*sim, error) {
 		s.from, s.to, s.changeAt = from, to, start.Add(at)
 	}
 
-	dir := cfg.Dir
+	if err := s.open(); err != nil {
+		s.close()
+		return nil, err
+	}
+	return s, nil
+}
+
+// open starts the service and its broker on a store in the run's
+// directory.
+func (s *sim) open() error {
+	dir := s.cfg.Dir
 	if dir == "" {
 		d, err := os.MkdirTemp("", "fleetsim-")
 		if err != nil {
-			return nil, fmt.Errorf("service store: %w", err)
+			return fmt.Errorf("service store: %w", err)
 		}
-		dir = d
-		s.cfg.Dir = d
+		dir, s.tempDir = d, d
 	}
 	store, err := broker.OpenStore(filepath.Join(dir, "mdm.db"))
 	if err != nil {
-		return nil, err
+		return err
 	}
 	s.store = store
 	store.Volatile()
 	ca, _, err := broker.LoadOrCreateCA(dir, "contoso", start.Add(-time.Hour))
 	if err != nil {
-		return nil, err
+		return err
 	}
-	retention := time.Duration(s.sc.Retention)
 	svc, err := broker.NewService(store, ca, broker.Options{Tenant: "contoso", Clock: s.clock,
-		Rand: &lockedReader{r: mrand.NewChaCha8(seedBytes(cfg.Seed, 1))}, RetentionPeriod: retention})
+		Rand: &lockedReader{r: mrand.NewChaCha8(seedBytes(s.cfg.Seed, 1))}, RetentionPeriod: time.Duration(s.sc.Retention)})
 	if err != nil {
-		return nil, err
+		return err
 	}
 	s.svc = svc
 	if s.token, err = svc.RotateEnrollmentToken(); err != nil {
-		return nil, err
+		return err
 	}
 	b, err := broker.NewBroker(svc, nil)
 	if err != nil {
-		return nil, err
+		return err
 	}
 	b.SetTracker(s.work)
 	if err := b.Serve(); err != nil {
-		return nil, err
+		return err
 	}
 	s.b = b
-	return s, nil
+	return nil
 }
 
 func (s *sim) close() {
@@ -250,8 +259,8 @@ func (s *sim) close() {
 	if s.store != nil {
 		s.store.Close()
 	}
-	if s.cfg.Dir != "" && s.cfg.Scenario != nil {
-		os.RemoveAll(s.cfg.Dir)
+	if s.tempDir != "" {
+		os.RemoveAll(s.tempDir)
 	}
 }
 

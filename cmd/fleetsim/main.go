@@ -90,6 +90,10 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	if cfg.Progress != nil {
 		fmt.Fprint(stderr, "\r\033[K")
 	}
+	if errors.Is(err, context.Canceled) {
+		fmt.Fprintln(stderr, "fleetsim: interrupted; no report")
+		return 130
+	}
 	if err != nil {
 		fmt.Fprintf(stderr, "fleetsim: %v\n", err)
 		return 1
