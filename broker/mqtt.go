@@ -176,11 +176,15 @@ func (b *Broker) onMessage(cl *mqtt.Client, _ packets.Subscription, pk packets.P
 func (b *Broker) publish(out []Outgoing) {
 	t := b.tracker.Load()
 	for _, o := range out {
-		if t != nil && b.connected(o.Topic) {
+		counted := t != nil && b.connected(o.Topic)
+		if counted {
 			(*t).Add(1)
 		}
 		if err := b.server.Publish(o.Topic, o.Payload, false, o.QoS); err != nil {
 			b.log.Warn("publish failed", "topic", o.Topic, "err", err)
+			if counted {
+				(*t).Add(-1) // it will not arrive
+			}
 		}
 	}
 }

@@ -236,6 +236,18 @@ func TestRogueConnect(t *testing.T) {
 	r.refused(t, "enrolling client with the token before its rotation", rogueDial{transport: "tls", clientID: EnrollClientPrefix + "r-1", user: EnrollUsername, pass: h.token}, connBadToken)
 }
 
+// renewVictim moves the clock 15 days before the victim's certificate
+// expires, inside the renewal window, and has the victim check in with a
+// renewal request; it returns the new key and the answer.
+func (r *rogueSetup) renewVictim(t *testing.T) (*ecdsa.PrivateKey, *protocol.CheckInResponse) {
+	t.Helper()
+	r.h.clock.Advance(365*24*time.Hour - 15*24*time.Hour)
+	key, csr, _ := NewDeviceKeyAndCSR()
+	out := r.h.send(protocol.UplinkTopic("contoso", r.victim), &protocol.CheckIn{Reason: protocol.CheckInScheduled,
+		CertificateExpiry: protocol.At(testStart.Add(365 * 24 * time.Hour)), RenewalCSR: csr}, r.victim)
+	return key, decodeOne[*protocol.CheckInResponse](t, out, protocol.DownlinkTopic("contoso", r.victim))
+}
+
 // TestRogueRevoked: a certificate that a renewal replaced, and every
 // credential of a retired device, are refused; so is an expired one.
 func TestRogueRevoked(t *testing.T) {
@@ -243,12 +255,7 @@ func TestRogueRevoked(t *testing.T) {
 	h := r.h
 	oldToken := r.token(r.victim)
 
-	// Renew inside the window.
-	h.clock.Advance(365*24*time.Hour - 15*24*time.Hour)
-	key, csr, _ := NewDeviceKeyAndCSR()
-	out := h.send(protocol.UplinkTopic("contoso", r.victim), &protocol.CheckIn{Reason: protocol.CheckInScheduled,
-		CertificateExpiry: protocol.At(testStart.Add(365 * 24 * time.Hour)), RenewalCSR: csr}, r.victim)
-	resp := decodeOne[*protocol.CheckInResponse](t, out, protocol.DownlinkTopic("contoso", r.victim))
+	key, resp := r.renewVictim(t)
 	if len(resp.Certificate) == 0 || resp.ConnectToken == "" || resp.ConnectToken == oldToken {
 		t.Fatalf("renewal answered certificate %d bytes, connect token %q; want both, new", len(resp.Certificate), resp.ConnectToken)
 	}
@@ -488,11 +495,7 @@ func TestRoguePreviousCertificateExpires(t *testing.T) {
 	r := newRogueSetup(t)
 	h := r.h
 	oldToken := r.token(r.victim)
-	h.clock.Advance(365*24*time.Hour - 15*24*time.Hour)
-	_, csr, _ := NewDeviceKeyAndCSR()
-	out := h.send(protocol.UplinkTopic("contoso", r.victim), &protocol.CheckIn{Reason: protocol.CheckInScheduled,
-		CertificateExpiry: protocol.At(testStart.Add(365 * 24 * time.Hour)), RenewalCSR: csr}, r.victim)
-	if resp := decodeOne[*protocol.CheckInResponse](t, out, protocol.DownlinkTopic("contoso", r.victim)); len(resp.Certificate) == 0 {
+	if _, resp := r.renewVictim(t); len(resp.Certificate) == 0 {
 		t.Fatal("no renewal")
 	}
 	r.admitted(t, "replaced certificate's token before it expires", rogueDial{transport: "tcp", clientID: r.victim, user: r.victim, pass: oldToken})

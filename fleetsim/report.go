@@ -245,7 +245,12 @@ func (s *sim) report() *Report {
 			continue
 		}
 		r.Migration.Migrated++
+		// From when it could first move: the change (the APNs upload), or
+		// its enrollment when that was later.
 		from := s.goAt[d.spec.platform]
+		if e := st.EnrolledAt; e.After(from) {
+			from = e
+		}
 		lat := max(d.migratedAt.Sub(from).Seconds(), 0)
 		all = append(all, lat)
 		if d.onlineAtGo {

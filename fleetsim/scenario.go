@@ -24,6 +24,7 @@ import (
 //	  "retention": "7d",
 //	  "steps": [
 //	    {"at": "0s", "action": "set_authority", "authority": "office365"},
+//	    {"at": "0s", "action": "upload_apns", "authority": "office365"},
 //	    {"at": "0s", "action": "add_profile", "authority": "office365", "type": "email", "name": "Corp Mail", "settings": {"server": "mail.contoso.example"}},
 //	    {"at": "12h", "action": "set_authority", "authority": "intune"},
 //	    {"at": "14h", "action": "upload_apns", "authority": "intune"},
@@ -31,6 +32,11 @@ import (
 //	    {"at": "7d13h1m", "action": "remote_lock"}
 //	  ]
 //	}
+//
+// iOS and iPadOS devices enroll only while their authority has an APNs
+// certificate: a fleet with such devices needs an upload_apns step for
+// the first authority at the start; otherwise the run stops at the first
+// refused enrollment.
 //
 // Durations are Go durations with an optional leading number of days
 // ("7d12h", "90m", "0s"). The actions and their fields:

@@ -185,6 +185,9 @@ func newSim(cfg Config) (*sim, error) {
 	if cfg.Sample == 0 {
 		cfg.Sample = 15 * time.Minute
 	}
+	if cfg.PushRate < 0 || cfg.Sample < time.Minute {
+		return nil, fmt.Errorf("push rate %d, sample %s: want a positive rate and a sample of at least a minute", cfg.PushRate, cfg.Sample)
+	}
 	if cfg.Resolution == 0 {
 		cfg.Resolution = 10 * time.Second
 	}
@@ -240,10 +243,10 @@ func (s *sim) open() error {
 		return err
 	}
 	b.SetTracker(s.work)
+	s.b = b // closed by close, even when Serve fails
 	if err := b.Serve(); err != nil {
 		return err
 	}
-	s.b = b
 	return nil
 }
 
@@ -401,6 +404,12 @@ func osVersion(p protocol.Platform) string {
 // be set first) and schedules the rest, and the fleet's enrollments over
 // the first hours.
 func (s *sim) enrollFleet(ctx context.Context) error {
+	// The fleet first: a step at the start may enroll the canary or change
+	// the authority, and both need it.
+	s.fleet = makeFleet(s.cfg.Devices, s.cfg.Seed, *s.cfg.Mix, *s.cfg.Userless, *s.cfg.Online,
+		s.changeAt.Sub(start), time.Duration(s.sc.Duration))
+	s.devices = make([]*simDevice, len(s.fleet))
+	s.goAt = map[protocol.Platform]time.Time{}
 	step := 0
 	for ; step < len(s.sc.Steps) && s.sc.Steps[step].At == 0; step++ {
 		if err := s.runStep(step); err != nil {
@@ -410,10 +419,6 @@ func (s *sim) enrollFleet(ctx context.Context) error {
 	for i := step; i < len(s.sc.Steps); i++ {
 		s.timers.add(start.Add(time.Duration(s.sc.Steps[i].At)), evStep, i)
 	}
-	s.fleet = makeFleet(s.cfg.Devices, s.cfg.Seed, *s.cfg.Mix, *s.cfg.Userless, *s.cfg.Online,
-		s.changeAt.Sub(start), time.Duration(s.sc.Duration))
-	s.devices = make([]*simDevice, len(s.fleet))
-	s.goAt = map[protocol.Platform]time.Time{}
 	for i, spec := range s.fleet {
 		s.timers.add(start.Add(spec.enrollAt), evEnroll, i)
 	}
@@ -438,9 +443,6 @@ func (s *sim) newDevice(idx int, spec deviceSpec, name string) (*simDevice, erro
 	if len(spec.toggles) > 0 {
 		s.timers.add(start.Add(spec.toggles[0]), evToggle, idx)
 	}
-	if _, ok := s.goAt[spec.platform]; ok {
-		d.onlineAtGo = true // enrolled after the change: it could move at once
-	}
 	return d, nil
 }
 
@@ -463,20 +465,24 @@ func (s *sim) connect(d *simDevice) error {
 	return nil
 }
 
-func (s *sim) disconnect(d *simDevice) {
+func (s *sim) disconnect(d *simDevice) error {
 	if !d.online {
-		return
+		return nil
 	}
 	d.client.Disconnect(0)
 	// Wait until the broker has let the session go: until then it would
 	// count a message to the device that will never arrive.
 	id := d.core.State().Device
-	for deadline := time.Now().Add(10 * time.Second); s.b.Connected(id) && time.Now().Before(deadline); {
+	for deadline := time.Now().Add(10 * time.Second); s.b.Connected(id); {
+		if time.Now().After(deadline) {
+			return fmt.Errorf("device %s: the broker still holds its session 10 s of real time after it disconnected", id)
+		}
 		time.Sleep(20 * time.Microsecond)
 	}
 	d.client, d.online = nil, false
 	d.core.Disconnected(s.clock.Now())
 	s.schedule(d)
+	return nil
 }
 
 // receive queues a message a device received; the loop handles it.
@@ -610,7 +616,9 @@ func (s *sim) loop(ctx context.Context) error {
 		at, ok := s.timers.peek()
 		if !ok || at.After(s.end) {
 			s.clock.set(s.end)
-			s.sample()
+			if n := len(s.stats.timeline); n == 0 || s.stats.timeline[n-1].T != int64(s.end.Sub(start)/time.Second) {
+				s.sample()
+			}
 			return nil
 		}
 		if at.After(s.clock.Now()) {
@@ -664,9 +672,10 @@ func (s *sim) fire(e event) error {
 		if d.stopped {
 			return nil
 		}
-		if goingOffline {
-			s.disconnect(d)
-		} else if d.held == 0 {
+		switch {
+		case goingOffline:
+			return s.disconnect(d)
+		case d.held == 0:
 			return s.connect(d)
 		}
 	case evReturn:
@@ -722,12 +731,13 @@ func (s *sim) runStep(i int) error {
 		}
 		if now.Equal(s.changeAt) {
 			tenant := s.svc.Tenant()
+			added := map[protocol.Platform]bool{}
 			for _, p := range protocol.Platforms {
 				if _, ok := s.goAt[p]; !ok && !(p.NeedsAPNs() && !tenant.HasAPNs(s.to)) {
-					s.goAt[p] = now
+					s.goAt[p], added[p] = now, true
 				}
 			}
-			s.markReady(func(protocol.Platform) bool { return true })
+			s.markReady(func(p protocol.Platform) bool { return added[p] })
 		}
 		s.fanOutAt(now)
 	case ActionUploadAPNs:
@@ -775,7 +785,9 @@ func (s *sim) runStep(i int) error {
 		for _, d := range s.devices {
 			if d != nil && r.Float64() < st.Share && !d.stopped {
 				d.held = i + 1
-				s.disconnect(d)
+				if err := s.disconnect(d); err != nil {
+					return fail(err)
+				}
 			}
 		}
 		s.timers.add(now.Add(time.Duration(st.For)), evReturn, i)

@@ -148,3 +148,23 @@ func TestScenarioSteps(t *testing.T) {
 		t.Errorf("validation = %+v; want the licensed canary on intune and its lock acknowledged", r.Validation)
 	}
 }
+
+// TestStepsAtTheStart: a canary and an authority change at the very start
+// (before the fleet enrolls) run; the timeline has one row per sample.
+func TestStepsAtTheStart(t *testing.T) {
+	sc := &Scenario{Name: "start", Duration: Duration(2 * time.Hour), Retention: Duration(time.Hour), Steps: []Step{
+		{At: 0, Action: ActionSetAuthority, Authority: "office365"},
+		{At: 0, Action: ActionUploadAPNs, Authority: "office365"},
+		{At: 0, Action: ActionUploadAPNs, Authority: "intune"},
+		{At: 0, Action: ActionSetAuthority, Authority: "intune"},
+		{At: 0, Action: ActionEnrollCanary},
+		{At: Duration(time.Minute), Action: ActionRemoteLock},
+	}}
+	_, r := runSim(t, Config{Devices: 10, Seed: 2, Scenario: sc})
+	if r.Validation.CanaryAuthority != "intune" || r.Validation.RemoteLock != "acknowledged" {
+		t.Errorf("validation = %+v; want the canary on intune, its lock acknowledged", r.Validation)
+	}
+	if n := len(r.Timeline); n != 9 || r.Timeline[n-1].T != 7200 {
+		t.Errorf("%d timeline rows ending at %d s; want 9, the last at 7200 s", n, r.Timeline[len(r.Timeline)-1].T)
+	}
+}
