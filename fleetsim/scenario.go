@@ -56,6 +56,12 @@ import (
 //	                report says which authority it got
 //	remote_lock     a remote lock for the canary, from the authority that
 //	                manages it; the report says whether it was acknowledged
+//	restart_broker  for (optional, default 0): the MQTT broker closes,
+//	                every session drops, and it opens again after that
+//	                long; devices reconnect with their backoff
+//	restart_service for (optional): the same for the whole service, which
+//	                starts again from its store (pending pushes are sent
+//	                again)
 type Scenario struct {
 	Name      string   `json:"name"`
 	Duration  Duration `json:"duration"`
@@ -91,6 +97,12 @@ const (
 	ActionOffline       = "offline"
 	ActionEnrollCanary  = "enroll_canary"
 	ActionRemoteLock    = "remote_lock"
+	// ActionRestartBroker closes the MQTT broker and opens it again after
+	// "for" (default 0): every session drops and the devices reconnect.
+	ActionRestartBroker = "restart_broker"
+	// ActionRestartService stops the whole service (broker, service and
+	// store) and starts it again from its store after "for".
+	ActionRestartService = "restart_service"
 )
 
 // Duration is a time.Duration written as text, with an optional leading
@@ -272,10 +284,14 @@ func (s *Step) validate(canary bool) error {
 		if !canary {
 			return errors.New(`a remote lock goes to the canary: put an "enroll_canary" step before it`)
 		}
+	case ActionRestartBroker, ActionRestartService:
+		if s.For < 0 || s.For > Duration(24*time.Hour) {
+			return errors.New(`"for" is the downtime: from 0s to 24h`)
+		}
 	case "":
 		return errors.New(`"action" is missing`)
 	default:
-		return fmt.Errorf(`unknown action %q: want one of set_authority, upload_apns, add_profile, rename_profile, remove_profile, set_license, offline, enroll_canary, remote_lock`, s.Action)
+		return fmt.Errorf(`unknown action %q: want one of set_authority, upload_apns, add_profile, rename_profile, remove_profile, set_license, offline, enroll_canary, remote_lock, restart_broker, restart_service`, s.Action)
 	}
 	return nil
 }
