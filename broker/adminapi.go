@@ -81,6 +81,7 @@ func NewAdminHandler(svc *Service, token string, logger *slog.Logger) http.Handl
 	handle("DELETE /v1/devices/{id}", a.removeDevice)
 	handle("GET /v1/migration", a.migration)
 	handle("POST /v1/enrollment-token", a.rotateToken)
+	handle("GET /v1/clock", func(*http.Request) (any, error) { return svc.ClockInfo(), nil })
 	handleRaw("GET /metrics", http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
 		w.Header().Set("Content-Type", "text/plain; version=0.0.4")
 		if err := svc.WriteMetrics(w); err != nil {

@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"net/http"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -22,12 +21,7 @@ import (
 )
 
 // adminClient calls a running mdm-broker's admin API.
-type adminClient struct {
-	base      string
-	token     string
-	tokenFile string
-	http      *http.Client
-}
+type adminClient = broker.AdminClient
 
 // adminFlags adds the flags every admin command shares and returns a
 // function that builds the client once they are parsed.
@@ -45,61 +39,8 @@ func adminFlags(fs *flag.FlagSet) (func() (*adminClient, error), *bool) {
 			}
 			path = filepath.Join(dir, "admin.token")
 		}
-		b, err := os.ReadFile(path)
-		if err != nil {
-			return nil, fmt.Errorf("admin token: %w (is mdm-broker serve running with this --data? or pass --admin-token FILE)", err)
-		}
-		base := strings.TrimRight(*addr, "/")
-		if !strings.Contains(base, "://") {
-			base = "http://" + base
-		}
-		return &adminClient{base: base, token: strings.TrimSpace(string(b)), tokenFile: path,
-			http: &http.Client{Timeout: 30 * time.Second}}, nil
+		return broker.NewAdminClient(*addr, path)
 	}, asJSON
-}
-
-// do sends one request and decodes the JSON answer into out; an error
-// answer becomes an error with the service's message.
-func (c *adminClient) do(ctx context.Context, method, path string, body, out any) error {
-	var rd io.Reader
-	if body != nil {
-		b, err := json.Marshal(body)
-		if err != nil {
-			return err
-		}
-		rd = bytes.NewReader(b)
-	}
-	req, err := http.NewRequestWithContext(ctx, method, c.base+path, rd)
-	if err != nil {
-		return err
-	}
-	req.Header.Set("Authorization", "Bearer "+c.token)
-	resp, err := c.http.Do(req)
-	if err != nil {
-		return fmt.Errorf("%w (is mdm-broker serve running at %s?)", err, c.base)
-	}
-	defer resp.Body.Close()
-	b, err := io.ReadAll(io.LimitReader(resp.Body, 64<<20))
-	if err != nil {
-		return err
-	}
-	if resp.StatusCode == http.StatusUnauthorized {
-		return fmt.Errorf("the service refused the admin token in %s: is it the token of the service at %s? (--data DIR or --admin-token FILE choose the file)", c.tokenFile, c.base)
-	}
-	if resp.StatusCode != http.StatusOK {
-		var e struct {
-			Error string `json:"error"`
-		}
-		if json.Unmarshal(b, &e) == nil && e.Error != "" {
-			return fmt.Errorf("%s", e.Error)
-		}
-		return fmt.Errorf("%s %s: %s", method, path, resp.Status)
-	}
-	if raw, ok := out.(*json.RawMessage); ok {
-		*raw = b
-		return nil
-	}
-	return json.Unmarshal(b, out)
 }
 
 // adminCommand is one admin subcommand: its usage line, its own flags and
@@ -239,7 +180,7 @@ var adminCommands = map[string]adminCommand{
 	"devices show": {"devices show ID", 1, func(*flag.FlagSet) func(context.Context, *adminClient, []string, bool) error {
 		return func(ctx context.Context, c *adminClient, args []string, asJSON bool) error {
 			var raw json.RawMessage
-			if err := c.do(ctx, "GET", "/v1/devices/"+url.PathEscape(args[0]), nil, &raw); err != nil {
+			if err := c.Do(ctx, "GET", "/v1/devices/"+url.PathEscape(args[0]), nil, &raw); err != nil {
 				return err
 			}
 			var out bytes.Buffer
@@ -315,7 +256,7 @@ func init() {
 // show calls the API and prints the answer as JSON or through table.
 func show(ctx context.Context, c *adminClient, method, path string, body, out any, asJSON bool, table func(io.Writer)) error {
 	var raw json.RawMessage
-	if err := c.do(ctx, method, path, body, &raw); err != nil {
+	if err := c.Do(ctx, method, path, body, &raw); err != nil {
 		return err
 	}
 	if asJSON {

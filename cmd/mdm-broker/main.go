@@ -32,7 +32,7 @@ const usageHead = `Usage: mdm-broker <command> [flags]
 Run the service:
   serve [--data DIR] [--tenant ID] [--mqtt ADDR] [--mqtt-name NAME ...]
         [--mqtt-tcp ADDR] [--admin ADDR] [--push-rate N] [--cert-validity D]
-        [--retention D] [-v]
+        [--retention D] [--time-scale N] [-v]
 
 Administer a running service (tables by default, --json for JSON; the
 admin token is read from DATA/admin.token):
@@ -90,6 +90,14 @@ func defaultDataDir() string {
 }
 
 // plainMQTT is the banner's line for the plain-MQTT listener, if any.
+// scaleLine is the banner's line for a scaled clock.
+func scaleLine(scale float64) string {
+	if scale == 1 {
+		return ""
+	}
+	return fmt.Sprintf("\n  clock              %g times real time (--time-scale: a virtual day in %s)", scale, (time.Duration(float64(24*time.Hour)/scale)).Round(time.Second))
+}
+
 func plainMQTT(addr net.Addr) string {
 	if addr == nil {
 		return ""
@@ -109,6 +117,7 @@ func serve(args []string) error {
 	allowRemote := fs.Bool("admin-allow-remote", false, "let the admin API listen on a non-loopback address (put a TLS proxy in front of it)")
 	pushRate := fs.Int("push-rate", 500, "most check-in pushes sent per second during a fan-out")
 	validity := fs.Duration("cert-validity", 365*24*time.Hour, "lifetime of the device certificates the service issues")
+	timeScale := fs.Float64("time-scale", 1, "run the service's clock this many times faster than real time (1 to 3600), for load tests with fleetsim --mqtt on a fresh --data directory; an 8-day scenario takes 8d/N")
 	retention := fs.Duration("retention", broker.RetentionPeriod, "how long the previous authority's profiles stay on a device after an authority change (Intune: 7 days; shorter to watch a migration end, such as 10m)")
 	verbose := fs.BoolP("verbose", "v", false, "log at debug level")
 	fs.Usage = func() {
@@ -126,6 +135,14 @@ func serve(args []string) error {
 	if *retention <= 0 {
 		return fmt.Errorf("--retention %s: want a positive duration, such as 168h (7 days, Intune's) or 10m", *retention)
 	}
+	var clock broker.Clock
+	if *timeScale != 1 {
+		c, err := broker.NewScaledClock(time.Now(), *timeScale)
+		if err != nil {
+			return fmt.Errorf("--time-scale: %w", err)
+		}
+		clock = c
+	}
 	level := slog.LevelInfo
 	if *verbose {
 		level = slog.LevelDebug
@@ -142,7 +159,7 @@ func serve(args []string) error {
 		DataDir: dir, Tenant: *tenant, MQTTAddr: *mqttAddr, MQTTNames: *mqttNames,
 		MQTTTCPAddr: *tcpAddr, MQTTTCPAllowRemote: *tcpRemote,
 		AdminAddr: *adminAddr, AdminAllowRemote: *allowRemote,
-		PushRate: *pushRate, CertValidity: *validity, RetentionPeriod: *retention, Logger: logger,
+		PushRate: *pushRate, CertValidity: *validity, RetentionPeriod: *retention, Logger: logger, Clock: clock,
 		Ready: func(i broker.ServerInfo) {
 			fmt.Printf(`mdm-broker serving tenant %q
   MQTT over TLS      %s%s
@@ -151,9 +168,9 @@ func serve(args []string) error {
   admin token        %s
   enrollment token   %s
   CA certificate     %s  (devices need it to trust the service)
-  retention          %s  (old authority's profiles after a change)
+  retention          %s  (old authority's profiles after a change)%s
 Press Ctrl-C to stop.
-`, *tenant, i.MQTTAddr, plainMQTT(i.MQTTTCPAddr), i.AdminURL, i.DataDir, i.AdminTokenFile, i.EnrollmentTokenFile, i.CACertFile, *retention)
+`, *tenant, i.MQTTAddr, plainMQTT(i.MQTTTCPAddr), i.AdminURL, i.DataDir, i.AdminTokenFile, i.EnrollmentTokenFile, i.CACertFile, *retention, scaleLine(*timeScale))
 			if i.Repushed > 0 {
 				logger.Info("pushes pending from the last run made due again", "count", i.Repushed)
 			}
