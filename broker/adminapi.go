@@ -41,6 +41,7 @@ const ComplianceFresh = 24 * time.Hour
 //	DELETE /v1/devices/{id}                         remove a device: revokes its credentials, ends its session
 //	GET    /v1/migration                            migration status
 //	POST   /v1/enrollment-token                     rotate the enrollment token
+//	GET    /v1/clock                                the service's time and clock scale (serve --time-scale)
 //	GET    /metrics                                 Prometheus text format
 //
 // Request bodies are decoded strictly (protocol.DecodeJSON). An error

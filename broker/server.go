@@ -189,7 +189,11 @@ func RunServer(ctx context.Context, cfg ServerConfig) error {
 		return admin.Shutdown(shutdown)
 	})
 	g.Go(func() error {
-		interval, perTick := fanOutPace(cfg.PushRate)
+		scale := 1.0
+		if c, ok := cfg.Clock.(*ScaledClock); ok {
+			scale = c.Scale()
+		}
+		interval, perTick := fanOutPace(cfg.PushRate, scale)
 		t := time.NewTicker(interval)
 		defer t.Stop()
 		err := b.RunFanOut(ctx, t.C, perTick)
@@ -221,12 +225,16 @@ func RunServer(ctx context.Context, cfg ServerConfig) error {
 }
 
 // fanOutPace spreads a rate of pushes per second over ticks: ten a second
-// with rate/10 pushes each, or, below 10 per second, one push per tick.
-func fanOutPace(rate int) (time.Duration, int) {
-	if rate < 10 {
-		return time.Second / time.Duration(rate), 1
-	}
-	return fanOutInterval, rate / 10
+// with rate/10 pushes each, or, below 10 per second, one push per tick;
+// the tick is always perTick/rate seconds, so the rate is exact.
+// On a clock scale times faster than real time the ticks are that much
+// closer (down to 5 ms), so that a push still goes out within about a
+// tenth of a virtual second's worth of ticks, at the same rate per real
+// second.
+func fanOutPace(rate int, scale float64) (time.Duration, int) {
+	interval := max(time.Duration(float64(fanOutInterval)/max(scale, 1)), 5*time.Millisecond)
+	perTick := max(int(float64(rate)*interval.Seconds()), 1)
+	return time.Duration(perTick) * time.Second / time.Duration(rate), perTick
 }
 
 // loopback reports whether addr (host:port) is on a loopback address.

@@ -111,11 +111,13 @@ func TestNoWillsNoRetained(t *testing.T) {
 func TestServerGuards(t *testing.T) {
 	for _, tt := range []struct {
 		rate     int
+		scale    float64
 		interval time.Duration
 		perTick  int
-	}{{1, time.Second, 1}, {4, 250 * time.Millisecond, 1}, {10, 100 * time.Millisecond, 1}, {500, 100 * time.Millisecond, 50}} {
-		if iv, n := fanOutPace(tt.rate); iv != tt.interval || n != tt.perTick {
-			t.Errorf("fanOutPace(%d) = %v, %d; want %v, %d", tt.rate, iv, n, tt.interval, tt.perTick)
+	}{{1, 1, time.Second, 1}, {4, 1, 250 * time.Millisecond, 1}, {10, 1, 100 * time.Millisecond, 1}, {500, 1, 100 * time.Millisecond, 50},
+		{500, 3600, 4 * time.Millisecond, 2}, {1, 3600, time.Second, 1}, {10000, 60, 5 * time.Millisecond, 50}, {500, 10, 10 * time.Millisecond, 5}} {
+		if iv, n := fanOutPace(tt.rate, tt.scale); iv != tt.interval || n != tt.perTick {
+			t.Errorf("fanOutPace(%d, %g) = %v, %d; want %v, %d", tt.rate, tt.scale, iv, n, tt.interval, tt.perTick)
 		}
 	}
 	for addr, want := range map[string]bool{"127.0.0.1:8440": true, "[::1]:8440": true, "localhost:1": true, "0.0.0.0:8440": false, "10.0.0.5:8440": false, ":8440": false} {

@@ -5,18 +5,25 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/mdm-authority/mdm/broker"
 )
 
-// Clock is the simulation's virtual clock. It stands still while anything
-// is in flight and jumps to the next timer when the fleet is quiescent;
-// the service reads it through Now.
+// Clock is the simulation's virtual clock. In process it stands still
+// while anything is in flight and jumps to the next timer when the fleet
+// is quiescent; the service reads it through Now. Against a separate
+// service it is that service's scaled clock, and runs on its own.
 type Clock struct {
-	mu  sync.Mutex
-	now time.Time
+	mu     sync.Mutex
+	now    time.Time
+	scaled *broker.ScaledClock // external mode
 }
 
 // Now returns the virtual time.
 func (c *Clock) Now() time.Time {
+	if c.scaled != nil {
+		return c.scaled.Now()
+	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	return c.now
@@ -62,6 +69,8 @@ const (
 	evSample        // a timeline sample
 	evReturn        // devices taken offline by a step come back
 	evEnroll        // a device of the fleet enrolls
+	evReconnect     // a device tries to connect again after a restart
+	evRestarted     // a restarted broker or service is back
 )
 
 // event is a timer: at a virtual time, something to do. Events at the

@@ -53,7 +53,7 @@ type Sample struct {
 // sample adds a timeline row for now.
 func (s *sim) sample() {
 	now := s.clock.Now()
-	row := Sample{T: int64(now.Sub(start) / time.Second), ByAuthority: map[string]int{}, Failed: map[string]int{}}
+	row := Sample{T: int64(now.Sub(s.start) / time.Second), ByAuthority: map[string]int{}, Failed: map[string]int{}}
 	for _, d := range s.devices {
 		if d == nil || d.canary {
 			continue
@@ -197,16 +197,16 @@ func (s *sim) report() *Report {
 		Timeline: s.stats.timeline,
 		Final:    map[string]int{},
 		Run: RunReport{WallSeconds: wall, PeakRSSBytes: runtimeRSS(),
-			CheckInsPerSec: float64(s.stats.checkInsSent) / wall, VirtualSeconds: int64(s.end.Sub(start) / time.Second)},
+			CheckInsPerSec: float64(s.stats.checkInsSent) / wall, VirtualSeconds: int64(s.end.Sub(s.start) / time.Second)},
 	}
 	for _, p := range protocol.Platforms {
 		r.Fleet.ByPlatform[p.String()] = 0
 	}
 	if !s.changeAt.IsZero() {
-		r.Authority.ChangedAt = int64(s.changeAt.Sub(start) / time.Second)
+		r.Authority.ChangedAt = int64(s.changeAt.Sub(s.start) / time.Second)
 	}
 	if at, ok := s.goAt[protocol.PlatformIOS]; ok {
-		r.Migration.APNsUploadedAtSec = int64(at.Sub(start) / time.Second)
+		r.Migration.APNsUploadedAtSec = int64(at.Sub(s.start) / time.Second)
 	}
 	var all, online, ready []float64
 	for _, d := range s.devices {
@@ -266,17 +266,14 @@ func (s *sim) report() *Report {
 	for code, n := range s.stats.failedByCode {
 		r.CheckIns.Failed[code.String()] = n
 	}
-	c := s.svc.Counters()
-	r.Pushes = PushReport{Sent: c.PushesSent, Retried: c.PushRetries}
+	if c, err := s.ctl.Counters(); err == nil {
+		r.Pushes = PushReport{Sent: c.PushesSent, Retried: c.PushRetries}
+	}
 	r.Validation.RemoteLock = "not sent"
 	if s.lockID != "" && s.canary >= 0 {
 		r.Validation.RemoteLock = "unknown"
-		if _, cmds, err := s.svc.Device(s.devices[s.canary].core.State().Device); err == nil {
-			for _, c := range cmds {
-				if c.ID == s.lockID {
-					r.Validation.RemoteLock = c.State.String()
-				}
-			}
+		if state, err := s.ctl.CommandState(s.devices[s.canary].core.State().Device, s.lockID); err == nil {
+			r.Validation.RemoteLock = state
 		}
 	}
 	if r.Validation.CanaryAuthority == "" {

@@ -5,6 +5,7 @@ import (
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
+	"crypto/tls"
 	"crypto/x509"
 	"encoding/hex"
 	"errors"
@@ -61,6 +62,41 @@ type Config struct {
 	// Dir is an empty directory for the service's store and CA, kept
 	// after the run; default a temporary directory, removed at the end.
 	Dir string
+	// External, when set, runs the fleet against a separately started
+	// service instead of one in the process.
+	External *External
+}
+
+// External is a separately started service (mdm-broker serve) that the
+// simulator's devices reach over the network and whose admin API it
+// drives. The service's clock sets the pace: the simulator reads its time
+// and scale (GET /v1/clock) and runs its devices on the same scaled clock,
+// so a scenario takes its duration divided by the scale in real time.
+// Nothing waits for quiescence there: timers fire when the shared clock
+// reaches them, and figures vary a little from run to run with the
+// host's speed.
+type External struct {
+	// MQTT is the service's MQTT address: tcp://host:port (plain MQTT,
+	// where devices authenticate with their connect token) or
+	// tls://host:port (devices present their certificates).
+	MQTT string
+	// RootCAs trusts the service's TLS listener; for tls:// only.
+	RootCAs *x509.CertPool
+	// Admin is the client of the service's admin API.
+	Admin *broker.AdminClient
+	// EnrollmentToken is the tenant's enrollment token.
+	EnrollmentToken string
+	// Tenant is the service's tenant id; default "default".
+	Tenant string
+	// Start is the service time at which the scenario starts; default the
+	// service's time when the run starts. Shards of one fleet need the
+	// same Start.
+	Start time.Time
+	// Shard and Shards split one fleet over several simulators: this one
+	// runs the devices whose index modulo Shards is Shard (from 0). Only
+	// shard 0 carries out the scenario's admin steps and enrolls the
+	// canary; every shard follows the same timeline. Default 0 of 1.
+	Shard, Shards int
 }
 
 // Progress is a snapshot for a live progress line.
@@ -72,15 +108,16 @@ type Progress struct {
 	Phase       string
 }
 
-// start is the virtual time at which every run starts, so that runs with
+// virtualStart is the virtual time at which every in-process run starts, so that runs with
 // one seed repeat to the millisecond.
-var start = time.Date(2026, 3, 2, 9, 0, 0, 0, time.UTC)
+var virtualStart = time.Date(2026, 3, 2, 9, 0, 0, 0, time.UTC)
 
 // simDevice is one simulated device: a real agent core and its own MQTT
 // session.
 type simDevice struct {
 	idx    int
 	spec   deviceSpec
+	key    *ecdsa.PrivateKey // the device key, for TLS
 	core   *agent.Core
 	client paho.Client
 	online bool
@@ -93,6 +130,7 @@ type simDevice struct {
 	readyAt    time.Time // first online once it could migrate
 	canary     bool
 	stopped    bool
+	retry      bool // to connect again once a restarted broker is back
 }
 
 // inbound is a message a device received, waiting for the loop.
@@ -103,14 +141,18 @@ type inbound struct {
 
 // sim is one run.
 type sim struct {
-	cfg   Config
-	sc    *Scenario
-	clock *Clock
-	work  *work
-	svc   *broker.Service
-	b     *broker.Broker
-	store *broker.Store
-	token string
+	cfg    Config
+	sc     *Scenario
+	clock  *Clock
+	work   *work
+	ctl    control
+	ext    *External // nil in process
+	tenant string
+	start  time.Time // the virtual time of the scenario's start
+	svc    *broker.Service
+	b      *broker.Broker
+	store  *broker.Store
+	token  string
 
 	timers  timers
 	fleet   []deviceSpec
@@ -128,7 +170,11 @@ type sim struct {
 	canary     int
 	end        time.Time
 	realStart  time.Time
+	dir        string // the service's store and CA
 	tempDir    string // the store's directory when the run made it
+	down       bool   // a restart step has stopped the broker
+	svcDown    bool   // and the service
+	restarts   int    // restart steps so far
 }
 
 // Run runs the scenario over a simulated fleet and reports what happened.
@@ -194,19 +240,87 @@ func newSim(cfg Config) (*sim, error) {
 	if cfg.Resolution < 0 || cfg.Resolution > time.Hour {
 		return nil, fmt.Errorf("resolution %s: want up to 1h", cfg.Resolution)
 	}
-	s := &sim{cfg: cfg, sc: cfg.Scenario, clock: &Clock{now: start}, work: newWork(), canary: -1, realStart: time.Now()}
-	s.end = start.Add(time.Duration(s.sc.Duration))
+	s := &sim{cfg: cfg, sc: cfg.Scenario, clock: &Clock{now: virtualStart}, work: newWork(), canary: -1, realStart: time.Now(),
+		tenant: "contoso", start: virtualStart}
+	if cfg.External != nil {
+		if err := s.external(cfg.External); err != nil {
+			return nil, err
+		}
+	}
+	s.end = s.start.Add(time.Duration(s.sc.Duration))
 	from, to, at, ok := s.sc.migration()
 	if ok {
-		s.from, s.to, s.changeAt = from, to, start.Add(at)
+		s.from, s.to, s.changeAt = from, to, s.start.Add(at)
 	}
 
+	if s.ext != nil {
+		return s, nil
+	}
 	if err := s.open(); err != nil {
 		s.close()
 		return nil, err
 	}
 	return s, nil
 }
+
+// external sets the run up against a separate service: its clock, its
+// tenant and its admin API.
+func (s *sim) external(e *External) error {
+	if e.Shards == 0 {
+		e.Shards = 1
+	}
+	if e.Shard < 0 || e.Shards < 1 || e.Shard >= e.Shards || e.Shards > 10000 {
+		return fmt.Errorf("shard %d of %d: want shard 0 to n-1 of n shards (n up to 10,000)", e.Shard, e.Shards)
+	}
+	if e.Tenant == "" {
+		e.Tenant = "default"
+	}
+	if err := protocol.ValidID(e.Tenant); err != nil {
+		return fmt.Errorf("tenant %q: %w", e.Tenant, err)
+	}
+	u, err := url.Parse(e.MQTT)
+	if err != nil || u.Host == "" || (u.Scheme != "tcp" && u.Scheme != "tls" && u.Scheme != "ssl" && u.Scheme != "mqtt" && u.Scheme != "mqtts") {
+		return fmt.Errorf("MQTT address %q: want tcp://host:port (plain MQTT with connect tokens) or tls://host:port (device certificates)", e.MQTT)
+	}
+	if e.EnrollmentToken == "" {
+		return errors.New("no enrollment token: pass the service's enrollment token file (DATA/enrollment.token)")
+	}
+	for i, st := range s.sc.Steps {
+		if st.Action == ActionRestartBroker || st.Action == ActionRestartService {
+			return fmt.Errorf("scenario step %d (%s): the simulator restarts only a service in its own process; restart the separate one by hand, or drop the step", i+1, st.Action)
+		}
+	}
+	var info broker.ClockInfo
+	before := time.Now()
+	if err := e.Admin.Do(context.Background(), "GET", "/v1/clock", nil, &info); err != nil {
+		return fmt.Errorf("the service's clock: %w", err)
+	}
+	rtt := time.Since(before)
+	clock, err := broker.NewScaledClock(info.Now.Add(time.Duration(float64(rtt/2)*info.Scale)), info.Scale)
+	if err != nil {
+		return fmt.Errorf("the service's clock: %w", err)
+	}
+	s.ext, s.tenant, s.token, s.ctl = e, e.Tenant, e.EnrollmentToken, adminControl{c: e.Admin, ctx: context.Background()}
+	s.clock = &Clock{scaled: clock}
+	s.start = e.Start
+	if s.start.IsZero() {
+		s.start = clock.Now().Truncate(time.Second).Add(time.Second)
+	}
+	if late := clock.Now().Sub(s.start); late > time.Duration(s.sc.Duration) {
+		return fmt.Errorf("start %s is %s in the service's past, after the end of the scenario: give a later --start", s.start.Format(time.RFC3339), late.Round(time.Second))
+	}
+	return nil
+}
+
+// runs reports whether this simulator runs the device of the fleet's
+// index i: every device in process, its shard's in external mode.
+func (s *sim) runs(i int) bool {
+	return s.ext == nil || i%s.ext.Shards == s.ext.Shard
+}
+
+// admin reports whether this simulator carries out the scenario's admin
+// steps: in process always, in external mode shard 0.
+func (s *sim) admin() bool { return s.ext == nil || s.ext.Shard == 0 }
 
 // open starts the service and its broker on a store in the run's
 // directory.
@@ -219,26 +333,43 @@ func (s *sim) open() error {
 		}
 		dir, s.tempDir = d, d
 	}
-	store, err := broker.OpenStore(filepath.Join(dir, "mdm.db"))
+	s.dir = dir
+	if err := s.openService(); err != nil {
+		return err
+	}
+	var err error
+	if s.token, err = s.svc.RotateEnrollmentToken(); err != nil {
+		return err
+	}
+	return s.openBroker()
+}
+
+// openService opens the store and starts the service on it.
+func (s *sim) openService() error {
+	store, err := broker.OpenStore(filepath.Join(s.dir, "mdm.db"))
 	if err != nil {
 		return err
 	}
 	s.store = store
 	store.Volatile()
-	ca, _, err := broker.LoadOrCreateCA(dir, "contoso", start.Add(-time.Hour))
+	ca, _, err := broker.LoadOrCreateCA(s.dir, s.tenant, s.start.Add(-time.Hour))
 	if err != nil {
 		return err
 	}
-	svc, err := broker.NewService(store, ca, broker.Options{Tenant: "contoso", Clock: s.clock,
-		Rand: &lockedReader{r: mrand.NewChaCha8(seedBytes(s.cfg.Seed, 1))}, RetentionPeriod: time.Duration(s.sc.Retention)})
+	// A stream of its own per start, so that ids never repeat.
+	rnd := &lockedReader{r: mrand.NewChaCha8(seedBytes(s.cfg.Seed, byte(1+s.restarts)))}
+	svc, err := broker.NewService(store, ca, broker.Options{Tenant: s.tenant, Clock: s.clock,
+		Rand: rnd, RetentionPeriod: time.Duration(s.sc.Retention)})
 	if err != nil {
 		return err
 	}
-	s.svc = svc
-	if s.token, err = svc.RotateEnrollmentToken(); err != nil {
-		return err
-	}
-	b, err := broker.NewBroker(svc, nil)
+	s.svc, s.ctl = svc, localControl{svc}
+	return nil
+}
+
+// openBroker starts the MQTT broker in front of the service.
+func (s *sim) openBroker() error {
+	b, err := broker.NewBroker(s.svc, nil)
 	if err != nil {
 		return err
 	}
@@ -289,9 +420,10 @@ func seedBytes(seed uint64, stream byte) [32]byte {
 	return b
 }
 
-// dial opens an MQTT session over the in-memory transport: one end of a
-// net.Pipe, the other served by the broker, authenticated like any device.
-func (s *sim) dial(clientID, user, password string, onMessage func(payload []byte)) (paho.Client, error) {
+// dial opens an MQTT session, authenticated like any device: in process
+// over one end of a net.Pipe whose other end the broker serves, in
+// external mode over TCP or TLS (with cert, the device's certificate).
+func (s *sim) dial(clientID, user, password string, cert *tls.Certificate, onMessage func(payload []byte)) (paho.Client, error) {
 	opts := paho.NewClientOptions().
 		AddBroker("tcp://fleetsim.invalid:1883").
 		SetClientID(clientID).SetUsername(user).SetPassword(password).
@@ -301,15 +433,32 @@ func (s *sim) dial(clientID, user, password string, onMessage func(payload []byt
 		SetOrderMatters(true).
 		SetDefaultPublishHandler(func(_ paho.Client, m paho.Message) { onMessage(m.Payload()) }).
 		SetCustomOpenConnectionFn(func(*url.URL, paho.ClientOptions) (net.Conn, error) {
-			client, server := net.Pipe()
-			go s.b.Connect(server)
-			return client, nil
+			return s.netConn(cert)
 		})
 	c := paho.NewClient(opts)
 	if tok := c.Connect(); !tok.WaitTimeout(30*time.Second) || tok.Error() != nil {
 		return nil, fmt.Errorf("connect %s: %v", clientID, tok.Error())
 	}
 	return c, nil
+}
+
+// netConn opens the connection under a device's MQTT session.
+func (s *sim) netConn(cert *tls.Certificate) (net.Conn, error) {
+	if s.ext == nil {
+		client, server := net.Pipe()
+		go s.b.Connect(server)
+		return client, nil
+	}
+	u, _ := url.Parse(s.ext.MQTT)
+	d := net.Dialer{Timeout: 30 * time.Second, KeepAlive: time.Minute}
+	if u.Scheme == "tcp" || u.Scheme == "mqtt" {
+		return d.Dial("tcp", u.Host)
+	}
+	cfg := &tls.Config{RootCAs: s.ext.RootCAs, ServerName: u.Hostname(), MinVersion: tls.VersionTLS12}
+	if cert != nil {
+		cfg.Certificates = []tls.Certificate{*cert}
+	}
+	return tls.DialWithDialer(&d, "tcp", u.Host, cfg)
 }
 
 // subscribe subscribes c to topic and waits for the broker's grant.
@@ -326,14 +475,14 @@ func subscribe(c paho.Client, topic string) error {
 
 // enroll enrolls one device through the enrollment topics, as the agent
 // does, and returns its state.
-func (s *sim) enroll(spec deviceSpec, name string, r *mrand.Rand) (*agent.State, error) {
+func (s *sim) enroll(spec deviceSpec, name string, r *mrand.Rand) (*agent.State, *ecdsa.PrivateKey, error) {
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	csr, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{}, key)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	var rid [8]byte
 	for i := range rid {
@@ -346,18 +495,18 @@ func (s *sim) enroll(spec deviceSpec, name string, r *mrand.Rand) (*agent.State,
 	}
 	req := &protocol.EnrollRequest{CSR: csr, Token: s.token, Platform: spec.platform, User: spec.user, Type: typ, Name: name, OSVersion: osVersion(spec.platform)}
 	answers := make(chan []byte, 1)
-	c, err := s.dial(protocol.EnrollClientPrefix+request, broker.EnrollUsername, s.token, func(p []byte) {
+	c, err := s.dial(protocol.EnrollClientPrefix+request, broker.EnrollUsername, s.token, nil, func(p []byte) {
 		select {
 		case answers <- p:
 		default:
 		}
 	})
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	defer c.Disconnect(0)
-	if err := subscribe(c, protocol.EnrollResponseTopic("contoso", request)); err != nil {
-		return nil, err
+	if err := subscribe(c, protocol.EnrollResponseTopic(s.tenant, request)); err != nil {
+		return nil, nil, err
 	}
 	var id protocol.MessageID
 	for i := range id {
@@ -366,24 +515,25 @@ func (s *sim) enroll(spec deviceSpec, name string, r *mrand.Rand) (*agent.State,
 	id[0] |= 1 // never the zero id
 	payload, err := protocol.Encode(protocol.Envelope{ID: id, Sent: protocol.At(s.clock.Now()), Body: req})
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	s.work.Add(1) // the broker counts the answer, and the request handled
-	c.Publish(protocol.EnrollRequestTopic("contoso", request), 1, false, payload)
+	c.Publish(protocol.EnrollRequestTopic(s.tenant, request), 1, false, payload)
 	select {
 	case p := <-answers:
 		s.work.Add(-1)
 		env, err := protocol.Decode(p)
 		if err != nil {
-			return nil, fmt.Errorf("enrollment answer: %w", err)
+			return nil, nil, fmt.Errorf("enrollment answer: %w", err)
 		}
 		resp, ok := env.Body.(*protocol.EnrollResponse)
 		if !ok || env.ReplyTo != id {
-			return nil, errors.New("enrollment answer: not the answer to the request")
+			return nil, nil, errors.New("enrollment answer: not the answer to the request")
 		}
-		return agent.EnrolledState("contoso", "memory", req, resp, s.clock.Now())
+		st, err := agent.EnrolledState(s.tenant, "fleetsim", req, resp, s.clock.Now())
+		return st, key, err
 	case <-time.After(60 * time.Second):
-		return nil, errors.New("enrollment: no answer from the service within 60 s of real time")
+		return nil, nil, errors.New("enrollment: no answer from the service within 60 s of real time")
 	}
 }
 
@@ -407,7 +557,7 @@ func (s *sim) enrollFleet(ctx context.Context) error {
 	// The fleet first: a step at the start may enroll the canary or change
 	// the authority, and both need it.
 	s.fleet = makeFleet(s.cfg.Devices, s.cfg.Seed, *s.cfg.Mix, *s.cfg.Userless, *s.cfg.Online,
-		s.changeAt.Sub(start), time.Duration(s.sc.Duration))
+		s.changeAt.Sub(s.start), time.Duration(s.sc.Duration))
 	s.devices = make([]*simDevice, len(s.fleet))
 	s.goAt = map[protocol.Platform]time.Time{}
 	step := 0
@@ -417,43 +567,52 @@ func (s *sim) enrollFleet(ctx context.Context) error {
 		}
 	}
 	for i := step; i < len(s.sc.Steps); i++ {
-		s.timers.add(start.Add(time.Duration(s.sc.Steps[i].At)), evStep, i)
+		s.timers.add(s.start.Add(time.Duration(s.sc.Steps[i].At)), evStep, i)
 	}
 	for i, spec := range s.fleet {
-		s.timers.add(start.Add(spec.enrollAt), evEnroll, i)
+		if s.runs(i) {
+			s.timers.add(s.start.Add(spec.enrollAt), evEnroll, i)
+		}
 	}
-	s.fanOutAt(start)
-	s.timers.add(start, evSample, 0)
+	s.fanOutAt(s.start)
+	s.timers.add(s.start, evSample, 0)
 	return nil
 }
 
 // newDevice enrolls a device, connects it and starts its core.
 func (s *sim) newDevice(idx int, spec deviceSpec, name string) (*simDevice, error) {
 	r := mrand.New(mrand.NewPCG(s.cfg.Seed, uint64(idx)+1))
-	st, err := s.enroll(spec, name, r)
+	st, key, err := s.enroll(spec, name, r)
 	if err != nil {
 		return nil, err
 	}
-	d := &simDevice{idx: idx, spec: spec}
+	d := &simDevice{idx: idx, spec: spec, key: key}
 	d.core = agent.New(st, agent.Config{Rand: r, Facts: agent.Facts{OSVersion: osVersion(spec.platform), Passcode: true, Encrypted: true}})
 	s.apply(d, d.core.Start(s.clock.Now()))
 	if err := s.connect(d); err != nil {
 		return nil, err
 	}
 	if len(spec.toggles) > 0 {
-		s.timers.add(start.Add(spec.toggles[0]), evToggle, idx)
+		s.timers.add(s.start.Add(spec.toggles[0]), evToggle, idx)
 	}
 	return d, nil
 }
 
-// connect opens the device's MQTT session, with its connect token.
+// connect opens the device's MQTT session, with its connect token. While
+// a restart step has the broker down, the device tries again when it is
+// back.
 func (s *sim) connect(d *simDevice) error {
+	if s.down {
+		d.retry = true
+		return nil
+	}
 	st := d.core.State()
-	c, err := s.dial(st.Device, st.Device, st.ConnectToken, func(p []byte) { s.receive(d.idx, p) })
+	cert := &tls.Certificate{Certificate: [][]byte{st.Certificate}, PrivateKey: d.key}
+	c, err := s.dial(st.Device, st.Device, st.ConnectToken, cert, func(p []byte) { s.receive(d.idx, p) })
 	if err != nil {
 		return err
 	}
-	if err := subscribe(c, protocol.DownlinkTopic("contoso", st.Device)); err != nil {
+	if err := subscribe(c, protocol.DownlinkTopic(s.tenant, st.Device)); err != nil {
 		c.Disconnect(0)
 		return err
 	}
@@ -473,7 +632,7 @@ func (s *sim) disconnect(d *simDevice) error {
 	// Wait until the broker has let the session go: until then it would
 	// count a message to the device that will never arrive.
 	id := d.core.State().Device
-	for deadline := time.Now().Add(10 * time.Second); s.b.Connected(id); {
+	for deadline := time.Now().Add(10 * time.Second); s.ext == nil && s.b.Connected(id); {
 		if time.Now().After(deadline) {
 			return fmt.Errorf("device %s: the broker still holds its session 10 s of real time after it disconnected", id)
 		}
@@ -509,7 +668,7 @@ func (s *sim) apply(d *simDevice, out agent.Output) {
 				continue
 			}
 			s.work.Add(1)
-			d.client.Publish(protocol.UplinkTopic("contoso", d.core.State().Device), 1, false, payload)
+			d.client.Publish(protocol.UplinkTopic(s.tenant, d.core.State().Device), 1, false, payload)
 			if env.Kind() == protocol.KindCheckIn {
 				s.stats.checkInsSent++
 			}
@@ -536,7 +695,7 @@ func (s *sim) schedule(d *simDevice) {
 		next = s.clock.Now()
 	}
 	if q := s.cfg.Resolution; q > 0 {
-		next = start.Add((next.Sub(start) + q - 1) / q * q)
+		next = s.start.Add((next.Sub(s.start) + q - 1) / q * q)
 	}
 	if next.Equal(d.wakeAt) {
 		return
@@ -591,6 +750,9 @@ const stallTimeout = 2 * time.Minute
 // loop runs the fleet: it handles messages until nothing is in flight,
 // then moves the virtual clock to the next timer and runs it.
 func (s *sim) loop(ctx context.Context) error {
+	if s.ext != nil {
+		return s.loopShared(ctx)
+	}
 	lastProgress, lastCheckIns := time.Now(), 0
 	for {
 		// Settle: everything in flight is handled before time moves.
@@ -609,14 +771,14 @@ func (s *sim) loop(ctx context.Context) error {
 				return ctx.Err()
 			case <-time.After(time.Second):
 				if time.Since(waited) > stallTimeout {
-					return fmt.Errorf("simulation stalled at %s: %d messages in flight for %s of real time", s.clock.Now().Sub(start), s.work.n.Load(), stallTimeout)
+					return fmt.Errorf("simulation stalled at %s: %d messages in flight for %s of real time", s.clock.Now().Sub(s.start), s.work.n.Load(), stallTimeout)
 				}
 			}
 		}
 		at, ok := s.timers.peek()
 		if !ok || at.After(s.end) {
 			s.clock.set(s.end)
-			if n := len(s.stats.timeline); n == 0 || s.stats.timeline[n-1].T != int64(s.end.Sub(start)/time.Second) {
+			if n := len(s.stats.timeline); n == 0 || s.stats.timeline[n-1].T != int64(s.end.Sub(s.start)/time.Second) {
 				s.sample()
 			}
 			return nil
@@ -632,7 +794,46 @@ func (s *sim) loop(ctx context.Context) error {
 			return err
 		}
 		if s.cfg.Progress != nil && time.Since(lastProgress) >= time.Second {
-			s.cfg.Progress(Progress{Virtual: s.clock.Now().Sub(start), End: time.Duration(s.sc.Duration),
+			s.cfg.Progress(Progress{Virtual: s.clock.Now().Sub(s.start), End: time.Duration(s.sc.Duration),
+				ByAuthority: s.byAuthority(), CheckInsPS: float64(s.stats.checkInsSent-lastCheckIns) / time.Since(lastProgress).Seconds()})
+			lastProgress, lastCheckIns = time.Now(), s.stats.checkInsSent
+		}
+	}
+}
+
+// loopShared runs the fleet on the clock it shares with a separate
+// service: messages are handled as they arrive, and each timer fires when
+// the clock reaches it.
+func (s *sim) loopShared(ctx context.Context) error {
+	lastProgress, lastCheckIns := time.Now(), 0
+	wait := time.NewTimer(time.Hour)
+	defer wait.Stop()
+	for {
+		s.drain()
+		at, ok := s.timers.peek()
+		done := !ok || at.After(s.end)
+		if done {
+			at = s.end
+		}
+		if d := s.clock.scaled.Until(at); d > 0 {
+			wait.Reset(min(d, time.Second))
+			select {
+			case <-s.work.wake:
+			case <-wait.C:
+			case <-ctx.Done():
+				return ctx.Err()
+			}
+		} else if done {
+			s.sample()
+			return nil
+		} else {
+			e, _ := s.timers.next()
+			if err := s.fire(e); err != nil {
+				return err
+			}
+		}
+		if s.cfg.Progress != nil && time.Since(lastProgress) >= time.Second {
+			s.cfg.Progress(Progress{Virtual: s.clock.Now().Sub(s.start), End: time.Duration(s.sc.Duration),
 				ByAuthority: s.byAuthority(), CheckInsPS: float64(s.stats.checkInsSent-lastCheckIns) / time.Since(lastProgress).Seconds()})
 			lastProgress, lastCheckIns = time.Now(), s.stats.checkInsSent
 		}
@@ -667,7 +868,7 @@ func (s *sim) fire(e event) error {
 		goingOffline := d.toggle%2 == 0
 		d.toggle++
 		if d.toggle < len(d.spec.toggles) {
-			s.timers.add(start.Add(d.spec.toggles[d.toggle]), evToggle, d.idx)
+			s.timers.add(s.start.Add(d.spec.toggles[d.toggle]), evToggle, d.idx)
 		}
 		if d.stopped {
 			return nil
@@ -691,11 +892,23 @@ func (s *sim) fire(e event) error {
 		}
 	case evStep:
 		return s.runStep(e.arg)
+	case evRestarted:
+		return s.restarted(e.arg)
+	case evReconnect:
+		d := s.devices[e.arg]
+		if d.retry && !d.online && !d.stopped && d.held == 0 && d.toggle%2 == 0 {
+			d.retry = false
+			return s.connect(d)
+		}
+		d.retry = false
 	case evFanOut:
 		if !e.at.Equal(s.fanOutNext) {
 			return nil // superseded by an earlier one
 		}
 		s.fanOutNext = time.Time{}
+		if s.down {
+			return nil // restarted runs it again
+		}
 		n, err := s.b.PublishDuePushes(s.cfg.PushRate)
 		if err != nil {
 			return err
@@ -717,20 +930,35 @@ func (s *sim) fire(e event) error {
 // would through the admin API.
 func (s *sim) runStep(i int) error {
 	st := s.sc.Steps[i]
-	now := s.clock.Now()
+	// Its own time, not the clock's: on a shared clock the timer fires a
+	// moment late, and the figures count from when the step was due.
+	now := s.start.Add(time.Duration(st.At))
 	fail := func(err error) error {
 		return fmt.Errorf("scenario step %d (%s at %s): %w", i+1, st.Action, st.At, err)
 	}
 	authority, _ := protocol.ParseAuthority(st.Authority)
 	typ, _ := protocol.ParseProfileType(st.Type)
+	admin := s.admin()
+	switch st.Action {
+	case ActionRestartBroker, ActionRestartService, ActionOffline:
+	default:
+		if s.svcDown {
+			return fail(errors.New("the service is down for an earlier restart_service step then: move this step after the downtime"))
+		}
+	}
 	switch st.Action {
 	case ActionSetAuthority:
 		m, _ := broker.ParseMode(st.Authority)
-		if _, _, err := s.svc.SetAuthority(m); err != nil {
-			return fail(err)
+		if admin {
+			if err := s.ctl.SetAuthority(m); err != nil {
+				return fail(err)
+			}
 		}
 		if now.Equal(s.changeAt) {
-			tenant := s.svc.Tenant()
+			tenant, err := s.ctl.Tenant()
+			if err != nil {
+				return fail(err)
+			}
 			added := map[protocol.Platform]bool{}
 			for _, p := range protocol.Platforms {
 				if _, ok := s.goAt[p]; !ok && !(p.NeedsAPNs() && !tenant.HasAPNs(s.to)) {
@@ -741,8 +969,10 @@ func (s *sim) runStep(i int) error {
 		}
 		s.fanOutAt(now)
 	case ActionUploadAPNs:
-		if _, err := s.svc.UploadAPNs(authority, true); err != nil {
-			return fail(err)
+		if admin {
+			if err := s.ctl.UploadAPNs(authority); err != nil {
+				return fail(err)
+			}
 		}
 		if authority == s.to && !s.changeAt.IsZero() && !now.Before(s.changeAt) {
 			for _, p := range []protocol.Platform{protocol.PlatformIOS, protocol.PlatformIPadOS} {
@@ -754,31 +984,42 @@ func (s *sim) runStep(i int) error {
 		}
 		s.fanOutAt(now)
 	case ActionAddProfile:
-		if _, _, err := s.svc.PutProfile(authority, typ, st.Name, settingsOf(st.Settings)); err != nil {
-			return fail(err)
-		}
-	case ActionRemoveProfile:
-		if _, err := s.svc.RemoveProfile(authority, typ, st.Name); err != nil {
-			return fail(err)
-		}
-	case ActionRenameProfile:
-		var settings protocol.Settings
-		if ps, err := s.svc.Profiles(); err == nil {
-			for _, p := range ps {
-				if p.Authority == authority && p.Type == typ && p.Name == st.Name {
-					settings = p.Settings
-				}
+		if admin {
+			if err := s.ctl.PutProfile(authority, typ, st.Name, settingsOf(st.Settings)); err != nil {
+				return fail(err)
 			}
 		}
-		if _, err := s.svc.RemoveProfile(authority, typ, st.Name); err != nil {
+	case ActionRemoveProfile:
+		if admin {
+			if err := s.ctl.RemoveProfile(authority, typ, st.Name); err != nil {
+				return fail(err)
+			}
+		}
+	case ActionRenameProfile:
+		if !admin {
+			break
+		}
+		var settings protocol.Settings
+		ps, err := s.ctl.Profiles()
+		if err != nil {
 			return fail(err)
 		}
-		if _, _, err := s.svc.PutProfile(authority, typ, st.NewName, settings); err != nil {
+		for _, p := range ps {
+			if p.Authority == authority && p.Type == typ && p.Name == st.Name {
+				settings = p.Settings
+			}
+		}
+		if err := s.ctl.RemoveProfile(authority, typ, st.Name); err != nil {
+			return fail(err)
+		}
+		if err := s.ctl.PutProfile(authority, typ, st.NewName, settings); err != nil {
 			return fail(err)
 		}
 	case ActionSetLicense:
-		if _, err := s.svc.SetLicense(st.User, *st.Intune); err != nil {
-			return fail(err)
+		if admin {
+			if err := s.ctl.SetLicense(st.User, *st.Intune); err != nil {
+				return fail(err)
+			}
 		}
 	case ActionOffline:
 		r := mrand.New(mrand.NewPCG(s.cfg.Seed, 0x6f66666c696e65+uint64(i)))
@@ -792,6 +1033,9 @@ func (s *sim) runStep(i int) error {
 		}
 		s.timers.add(now.Add(time.Duration(st.For)), evReturn, i)
 	case ActionEnrollCanary:
+		if !admin {
+			break
+		}
 		p := protocol.PlatformIOS
 		if st.Platform != "" {
 			p, _ = protocol.ParsePlatform(st.Platform)
@@ -807,14 +1051,79 @@ func (s *sim) runStep(i int) error {
 		d.canary = true
 		s.canary = d.idx
 		s.devices = append(s.devices, d)
+	case ActionRestartBroker, ActionRestartService:
+		if s.down {
+			return fail(errors.New("the broker is still down for an earlier restart step: move this step after that one's downtime"))
+		}
+		if err := s.stop(st.Action == ActionRestartService); err != nil {
+			return fail(err)
+		}
+		s.timers.add(now.Add(time.Duration(st.For)), evRestarted, i)
 	case ActionRemoteLock:
-		cmd, err := s.svc.IssueCommand(s.devices[s.canary].core.State().Device, protocol.CommandRemoteLock, "Lost device: call IT")
+		if !admin {
+			break
+		}
+		id, err := s.ctl.RemoteLock(s.devices[s.canary].core.State().Device, "Lost device: call IT")
 		if err != nil {
 			return fail(err)
 		}
-		s.lockID = cmd.ID
+		s.lockID = id
 		s.fanOutAt(now)
 	}
+	return nil
+}
+
+// stop stops the broker (and with service, the service and its store)
+// for a restart step: every online device loses its session and will try
+// to connect again.
+func (s *sim) stop(service bool) error {
+	for _, d := range s.devices {
+		if d != nil && d.online {
+			if err := s.disconnect(d); err != nil {
+				return err
+			}
+			d.retry = true
+		}
+	}
+	s.b.Close()
+	s.down = true
+	if service {
+		s.svcDown = true
+		if err := s.store.Close(); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// restarted brings the broker (and the service, when the step stopped it)
+// back, and schedules the devices' reconnection: each at a random point
+// of its reconnect backoff, which grows with the downtime up to five
+// minutes, as the agent's does.
+func (s *sim) restarted(step int) error {
+	st := s.sc.Steps[step]
+	s.restarts++
+	if st.Action == ActionRestartService {
+		if err := s.openService(); err != nil {
+			return err
+		}
+		if _, err := s.svc.RepushPending(); err != nil {
+			return err
+		}
+	}
+	if err := s.openBroker(); err != nil {
+		return err
+	}
+	s.down, s.svcDown = false, false
+	now := s.clock.Now()
+	spread := min(max(time.Duration(st.For), time.Second), 5*time.Minute)
+	r := mrand.New(mrand.NewPCG(s.cfg.Seed, 0x72657374617274+uint64(step)))
+	for _, d := range s.devices {
+		if d != nil && d.retry {
+			s.timers.add(now.Add(time.Duration(r.Int64N(int64(spread)))), evReconnect, d.idx)
+		}
+	}
+	s.fanOutAt(now)
 	return nil
 }
 
@@ -837,6 +1146,9 @@ func (s *sim) markReady(platform func(protocol.Platform) bool) {
 // The fan-out runs every virtual second while pushes are due and every
 // minute otherwise (push retries are minutes apart).
 func (s *sim) fanOutAt(t time.Time) {
+	if s.ext != nil {
+		return // a separate service runs its own fan-out
+	}
 	if !s.fanOutNext.IsZero() && !t.Before(s.fanOutNext) {
 		return
 	}

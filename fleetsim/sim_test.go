@@ -33,7 +33,7 @@ func runSim(t *testing.T, cfg Config) (*sim, *Report) {
 // checks the outcome DESIGN.md's rules imply.
 func TestDefaultMigration(t *testing.T) {
 	s, r := runSim(t, Config{Devices: 200, Seed: 3})
-	change := start.Add(12 * time.Hour)
+	change := virtualStart.Add(12 * time.Hour)
 	apns := change.Add(2 * time.Hour)
 
 	if r.Authority.From != "office365" || r.Authority.To != "intune" || r.Authority.ChangedAt != 12*3600 {
@@ -55,7 +55,7 @@ func TestDefaultMigration(t *testing.T) {
 		}
 		p := d.spec.platform
 		if p.NeedsAPNs() && d.migratedAt.Before(apns) {
-			t.Errorf("%s device %d migrated at %s, before the APNs upload at %s", p, d.idx, d.migratedAt.Sub(start), apns.Sub(start))
+			t.Errorf("%s device %d migrated at %s, before the APNs upload at %s", p, d.idx, d.migratedAt.Sub(virtualStart), apns.Sub(virtualStart))
 		}
 		if d.spec.behaviour == AlwaysOn {
 			could := change
@@ -166,5 +166,51 @@ func TestStepsAtTheStart(t *testing.T) {
 	}
 	if n := len(r.Timeline); n != 9 || r.Timeline[n-1].T != 7200 {
 		t.Errorf("%d timeline rows ending at %d s; want 9, the last at 7200 s", n, r.Timeline[len(r.Timeline)-1].T)
+	}
+}
+
+// TestRestartSteps restarts the service with pushes for the change still
+// queued, then the broker: the devices reconnect, the queued pushes go out
+// after the restart, and the whole fleet still moves; a canary enrolled
+// afterwards gets its lock.
+func TestRestartSteps(t *testing.T) {
+	change := 6 * time.Hour
+	sc := &Scenario{Name: "restarts", Duration: Duration(16 * time.Hour), Retention: Duration(time.Hour), Steps: []Step{
+		{At: 0, Action: ActionSetAuthority, Authority: "office365"},
+		{At: 0, Action: ActionAddProfile, Authority: "office365", Type: "email", Name: "Mail"},
+		{At: Duration(change), Action: ActionSetAuthority, Authority: "intune"},
+		{At: Duration(change), Action: ActionRestartService, For: Duration(10 * time.Minute)},
+		{At: Duration(10 * time.Hour), Action: ActionRestartBroker},
+		{At: Duration(11 * time.Hour), Action: ActionEnrollCanary, Platform: "android"},
+		{At: Duration(11*time.Hour + time.Minute), Action: ActionRemoteLock},
+	}}
+	mix := Mix{Android: 1, Windows: 1}
+	none := 0.0
+	s, r := runSim(t, Config{Devices: 40, Seed: 9, Scenario: sc, Mix: &mix, Online: &Online{}, Userless: &none})
+	if s.restarts != 2 {
+		t.Errorf("%d restarts; want 2", s.restarts)
+	}
+	back := virtualStart.Add(change + 10*time.Minute)
+	for _, d := range s.devices {
+		if d.canary {
+			continue
+		}
+		if !d.online {
+			t.Errorf("device %d offline at the end; every device reconnects after the restarts", d.idx)
+		}
+		switch {
+		case d.migratedAt.IsZero():
+			t.Errorf("device %d never moved to intune", d.idx)
+		case d.migratedAt.Before(back):
+			t.Errorf("device %d moved at %s, while the service was down", d.idx, d.migratedAt.Sub(virtualStart))
+		case d.migratedAt.After(back.Add(15 * time.Minute)):
+			t.Errorf("device %d moved at %s, later than minutes after the restart at %s", d.idx, d.migratedAt.Sub(virtualStart), back.Sub(virtualStart))
+		}
+	}
+	if r.Migration.Migrated != 40 || r.Pushes.Sent < 40 {
+		t.Errorf("migrated %d, pushes %d; want 40 and at least one push each", r.Migration.Migrated, r.Pushes.Sent)
+	}
+	if r.Validation.CanaryAuthority != "intune" || r.Validation.RemoteLock != "acknowledged" {
+		t.Errorf("validation = %+v; want the canary on intune, its lock acknowledged", r.Validation)
 	}
 }

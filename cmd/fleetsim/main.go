@@ -5,16 +5,23 @@
 //	fleetsim                       # the default migration: 2,000 devices, office365 to intune
 //	fleetsim --devices 500 --seed 7 --report run.json --timeline run.csv
 //	fleetsim --scenario my.json    # a custom timeline (see the README)
+//
+// Against a separately started service (mdm-broker serve --time-scale N
+// --mqtt-tcp ADDR), over the network on the service's scaled clock:
+//
+//	fleetsim --mqtt tcp://127.0.0.1:1883 --admin http://127.0.0.1:8440 --admin-token DATA/admin.token
 package main
 
 import (
 	"context"
+	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"syscall"
@@ -22,6 +29,7 @@ import (
 
 	flag "github.com/spf13/pflag"
 
+	"github.com/mdm-authority/mdm/broker"
 	"github.com/mdm-authority/mdm/fleetsim"
 	"github.com/mdm-authority/mdm/protocol"
 )
@@ -50,6 +58,14 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	timeline := fs.String("timeline", "", "write the timeline as CSV to this file")
 	plotFile := fs.String("plot", "", "draw the timeline as a PNG chart in this file")
 	quiet := fs.BoolP("quiet", "q", false, "no progress line")
+	mqttURL := fs.String("mqtt", "", "run against a separately started mdm-broker serve at this MQTT address instead of in process: tcp://HOST:PORT (its --mqtt-tcp; connect tokens) or tls://HOST:PORT (its --mqtt; device certificates)")
+	adminURL := fs.String("admin", "http://127.0.0.1:8440", "with --mqtt: the service's admin API")
+	adminToken := fs.String("admin-token", "", "with --mqtt: the service's admin token file (DATA/admin.token of its --data directory)")
+	enrollToken := fs.String("enrollment-token", "", "with --mqtt: the service's enrollment token file (default enrollment.token beside the admin token)")
+	caFile := fs.String("ca", "", "with a tls:// --mqtt: the service's CA certificate (default ca.crt beside the admin token)")
+	tenant := fs.String("tenant", "default", "with --mqtt: the service's tenant id (its serve --tenant)")
+	shard := fs.String("shard", "0/1", "with --mqtt: run shard I of N of the fleet (I from 0), so that N simulators load one service together; shard 0 carries out the admin steps; give every shard the same --seed, --devices and --start")
+	startAt := fs.String("start", "", "with --mqtt: the service time (RFC 3339) at which the scenario starts; default now; shards print theirs and need the same one")
 	fs.Usage = func() {
 		fmt.Fprintf(stderr, "Usage: fleetsim [flags]\n\n"+
 			"Runs an MDM authority migration over a simulated fleet: every device is a real\n"+
@@ -82,6 +98,28 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		cfg.Scenario = sc
 	} else {
 		cfg.Scenario = fleetsim.DefaultScenario(*apnsDelay)
+	}
+	if *mqttURL != "" {
+		ext, err := external(*mqttURL, *adminURL, *adminToken, *enrollToken, *caFile, *tenant, *shard, *startAt)
+		if err != nil {
+			fmt.Fprintf(stderr, "fleetsim: %v\n", err)
+			return 2
+		}
+		cfg.External = ext
+		var clock broker.ClockInfo
+		if err := ext.Admin.Do(ctx, "GET", "/v1/clock", nil, &clock); err != nil {
+			fmt.Fprintf(stderr, "fleetsim: the service's clock: %v\n", err)
+			return 1
+		}
+		if ext.Start.IsZero() {
+			ext.Start = clock.Now.Truncate(time.Second).Add(time.Duration(clock.Scale) * time.Second)
+		}
+		wall := time.Duration(float64(cfg.Scenario.Duration)/clock.Scale + float64(ext.Start.Sub(clock.Now))/clock.Scale)
+		fmt.Fprintf(stderr, "fleetsim: shard %d/%d against %s; the scenario starts at service time %s and takes about %s of real time (the service runs %g times real time)\n",
+			ext.Shard, ext.Shards, *mqttURL, ext.Start.Format(time.RFC3339), wall.Round(time.Second), clock.Scale)
+		if ext.Shards > 1 && *startAt == "" {
+			fmt.Fprintf(stderr, "fleetsim: start the other shards now with --start %s\n", ext.Start.Format(time.RFC3339))
+		}
 	}
 	if !*quiet && isTerminal(stderr) {
 		cfg.Progress = func(p fleetsim.Progress) { progressLine(stderr, p) }
@@ -119,6 +157,48 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		}
 	}
 	return 0
+}
+
+// external reads the flags of a run against a separate service.
+func external(mqttURL, adminURL, adminToken, enrollToken, caFile, tenant, shard, startAt string) (*fleetsim.External, error) {
+	if adminToken == "" {
+		return nil, errors.New("--mqtt needs --admin-token FILE: the admin token of the service (DATA/admin.token of its --data directory)")
+	}
+	admin, err := broker.NewAdminClient(adminURL, adminToken)
+	if err != nil {
+		return nil, err
+	}
+	dir := filepath.Dir(adminToken)
+	if enrollToken == "" {
+		enrollToken = filepath.Join(dir, "enrollment.token")
+	}
+	tok, err := os.ReadFile(enrollToken)
+	if err != nil {
+		return nil, fmt.Errorf("enrollment token: %w (pass --enrollment-token FILE: DATA/enrollment.token of the service)", err)
+	}
+	e := &fleetsim.External{MQTT: mqttURL, Admin: admin, EnrollmentToken: strings.TrimSpace(string(tok)), Tenant: tenant}
+	if _, err := fmt.Sscanf(shard, "%d/%d", &e.Shard, &e.Shards); err != nil || fmt.Sprintf("%d/%d", e.Shard, e.Shards) != shard {
+		return nil, fmt.Errorf("--shard %q: want I/N, such as 0/4 (shards count from 0)", shard)
+	}
+	if startAt != "" {
+		if e.Start, err = time.Parse(time.RFC3339, startAt); err != nil {
+			return nil, fmt.Errorf("--start %q: want an RFC 3339 time, such as 2026-11-29T10:00:00Z, as shard 0 printed it", startAt)
+		}
+	}
+	if strings.HasPrefix(mqttURL, "tls://") || strings.HasPrefix(mqttURL, "ssl://") || strings.HasPrefix(mqttURL, "mqtts://") {
+		if caFile == "" {
+			caFile = filepath.Join(dir, "ca.crt")
+		}
+		pem, err := os.ReadFile(caFile)
+		if err != nil {
+			return nil, fmt.Errorf("CA certificate: %w (pass --ca FILE: DATA/ca.crt of the service)", err)
+		}
+		e.RootCAs = x509.NewCertPool()
+		if !e.RootCAs.AppendCertsFromPEM(pem) {
+			return nil, fmt.Errorf("CA certificate %s: no PEM certificate in it", caFile)
+		}
+	}
+	return e, nil
 }
 
 // writeFile creates path and writes it with write.

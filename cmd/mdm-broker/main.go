@@ -95,7 +95,7 @@ func scaleLine(scale float64) string {
 	if scale == 1 {
 		return ""
 	}
-	return fmt.Sprintf("\n  clock              %g times real time (--time-scale: a virtual day in %s)", scale, (time.Duration(float64(24*time.Hour)/scale)).Round(time.Second))
+	return fmt.Sprintf("\n  clock              %g times real time (--time-scale: a virtual day in %s)", scale, (time.Duration(float64(24*time.Hour) / scale)).Round(time.Second))
 }
 
 func plainMQTT(addr net.Addr) string {
