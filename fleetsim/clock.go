@@ -62,15 +62,15 @@ func (w *work) signal() {
 
 // event kinds of the timer heap.
 const (
-	evDevice = iota // a device core's wake-up
-	evToggle        // a device goes offline or online
-	evStep          // a scenario step
-	evFanOut        // the service's push fan-out
-	evSample        // a timeline sample
-	evReturn        // devices taken offline by a step come back
-	evEnroll        // a device of the fleet enrolls
-	evReconnect     // a device tries to connect again after a restart
-	evRestarted     // a restarted broker or service is back
+	evDevice    = iota // a device core's wake-up
+	evToggle           // a device goes offline or online
+	evStep             // a scenario step
+	evFanOut           // the service's push fan-out
+	evSample           // a timeline sample
+	evReturn           // devices taken offline by a step come back
+	evEnroll           // a device of the fleet enrolls
+	evReconnect        // a device tries to connect again after a restart
+	evRestarted        // a restarted broker or service is back
 )
 
 // event is a timer: at a virtual time, something to do. Events at the
