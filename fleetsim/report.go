@@ -23,6 +23,8 @@ type stats struct {
 	pushesPublished int
 	encodeErrors    int
 	decodeErrors    int
+	connectErrors   int // connections the service refused or that failed
+	sessionsLost    int // sessions that ended without the device closing them
 	redundantMax    int
 	gapMax          int
 	timeline        []Sample
@@ -182,6 +184,17 @@ type RunReport struct {
 	CheckInsPerSec float64 `json:"checkins_per_s"`
 	PeakRSSBytes   uint64  `json:"peak_rss_bytes"`
 	VirtualSeconds int64   `json:"virtual_s"`
+	// Restarts counts the restart steps carried out.
+	Restarts int `json:"restarts"`
+	// ConnectErrors counts device connections that failed or were
+	// refused; SessionsLost, sessions that ended without the device
+	// closing them. Both are retried, as the agent does.
+	ConnectErrors int `json:"connect_errors"`
+	SessionsLost  int `json:"sessions_lost"`
+	// Service is the separate service's MQTT address, and Shard this
+	// simulator's share of the fleet ("0/4"); both empty in process.
+	Service string `json:"service,omitempty"`
+	Shard   string `json:"shard,omitempty"`
 }
 
 // report builds the report at the end of the run.
@@ -190,14 +203,18 @@ func (s *sim) report() *Report {
 	r := &Report{
 		Seed: s.cfg.Seed, Devices: s.cfg.Devices, Scenario: s.sc.Name,
 		Fleet:     FleetReport{ByPlatform: map[string]int{}, ByBehaviour: map[string]int{}},
-		Authority: AuthorityReport{From: s.from.String(), To: s.to.String()},
+		Authority: AuthorityReport{From: s.fromMode, To: s.toMode},
 		CheckIns:  CheckInReport{OK: s.stats.checkInsOK, Failed: map[string]int{}},
 		Profiles: ProfileReport{Overwritten: s.stats.overwritten, RedundantDevicesMax: s.stats.redundantMax,
 			GapDevices: s.stats.gapMax},
 		Timeline: s.stats.timeline,
 		Final:    map[string]int{},
 		Run: RunReport{WallSeconds: wall, PeakRSSBytes: runtimeRSS(),
-			CheckInsPerSec: float64(s.stats.checkInsSent) / wall, VirtualSeconds: int64(s.end.Sub(s.start) / time.Second)},
+			CheckInsPerSec: float64(s.stats.checkInsSent) / wall, VirtualSeconds: int64(s.end.Sub(s.start) / time.Second),
+			Restarts: s.restarts, ConnectErrors: s.stats.connectErrors, SessionsLost: s.stats.sessionsLost},
+	}
+	if s.ext != nil {
+		r.Run.Service, r.Run.Shard = s.ext.MQTT, fmt.Sprintf("%d/%d", s.ext.Shard, s.ext.Shards)
 	}
 	for _, p := range protocol.Platforms {
 		r.Fleet.ByPlatform[p.String()] = 0
@@ -228,7 +245,7 @@ func (s *sim) report() *Report {
 		}
 		if d.spec.user == "" {
 			r.Fleet.Userless++
-			if s.to != 0 && st.Authority == s.from {
+			if s.to != 0 && st.Authority != s.to {
 				r.Migration.StrandedUserless++
 			}
 			continue
@@ -304,7 +321,11 @@ func (r *Report) WriteSummary(w io.Writer) error {
 		r.Fleet.ByPlatform["ios"], r.Fleet.ByPlatform["ipados"], r.Fleet.ByPlatform["macos"], r.Fleet.ByPlatform["android"], r.Fleet.ByPlatform["windows"], r.Fleet.Userless)
 	p("online\t%d always on, %d intermittent, %d powered off for days\n", r.Fleet.ByBehaviour["always_on"], r.Fleet.ByBehaviour["intermittent"], r.Fleet.ByBehaviour["powered_off"])
 	p("authority\t%s -> %s at %s\n", r.Authority.From, r.Authority.To, secs(r.Authority.ChangedAt))
-	p("migrated\t%d of %d eligible (%d not); %d userless stranded on %s\n", r.Migration.Migrated, r.Migration.Eligible, r.Migration.NotMigrated, r.Migration.StrandedUserless, r.Authority.From)
+	if r.Authority.To == "coexistence" {
+		p("migrated\tnot measured: in coexistence each user's license decides the authority (see the final count below)\n")
+	} else {
+		p("migrated\t%d of %d eligible (%d not); %d userless stranded on %s\n", r.Migration.Migrated, r.Migration.Eligible, r.Migration.NotMigrated, r.Migration.StrandedUserless, r.Authority.From)
+	}
 	p("latency\tp50 %s, p90 %s, p99 %s, max %s (from when each could move; iOS/iPadOS from the APNs upload)\n",
 		secsF(r.Migration.Latency.P50), secsF(r.Migration.Latency.P90), secsF(r.Migration.Latency.P99), secsF(r.Migration.Latency.Max))
 	p("  online then\tp50 %s, p99 %s, max %s (%d devices)\n", secsF(r.Migration.OnlineLatency.P50), secsF(r.Migration.OnlineLatency.P99), secsF(r.Migration.OnlineLatency.Max), r.Migration.OnlineAtChange)
@@ -318,6 +339,7 @@ func (r *Report) WriteSummary(w io.Writer) error {
 	p("profiles\t%d overwritten; up to %d devices with redundant pairs; up to %d with a protection gap; %d retained at the end\n",
 		r.Profiles.Overwritten, r.Profiles.RedundantDevicesMax, r.Profiles.GapDevices, r.Profiles.RetainedAtEnd)
 	p("validation\tcanary on %s; remote lock %s\n", r.Validation.CanaryAuthority, r.Validation.RemoteLock)
+	p("final\toffice365 %d, intune %d\n", r.Final["office365"], r.Final["intune"])
 	p("run\t%.1f s wall for %s virtual, %.0f check-ins/s, peak RSS %d MiB\n", r.Run.WallSeconds, secs(r.Run.VirtualSeconds), r.Run.CheckInsPerSec, r.Run.PeakRSSBytes>>20)
 	return tw.Flush()
 }

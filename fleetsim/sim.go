@@ -22,8 +22,6 @@ import (
 	"sync"
 	"time"
 
-	paho "github.com/eclipse/paho.mqtt.golang"
-
 	"github.com/mdm-authority/mdm/agent"
 	"github.com/mdm-authority/mdm/broker"
 	"github.com/mdm-authority/mdm/protocol"
@@ -119,7 +117,7 @@ type simDevice struct {
 	spec   deviceSpec
 	key    *ecdsa.PrivateKey // the device key, for TLS
 	core   *agent.Core
-	client paho.Client
+	client *mqttConn
 	online bool
 	wakeAt time.Time // the scheduled core wake-up, zero if none
 	toggle int       // the next entry of spec.toggles
@@ -133,10 +131,12 @@ type simDevice struct {
 	retry      bool // to connect again once a restarted broker is back
 }
 
-// inbound is a message a device received, waiting for the loop.
+// inbound is a message a device received, or the news that its session
+// ended, waiting for the loop.
 type inbound struct {
 	dev     int
 	payload []byte
+	lost    *mqttConn // the session that ended
 }
 
 // sim is one run.
@@ -161,7 +161,9 @@ type sim struct {
 	inboxMu sync.Mutex
 	inbox   []inbound
 
-	from, to   protocol.Authority
+	from, to   protocol.Authority // 0 for coexistence
+	fromMode   string             // the modes, as the scenario names them
+	toMode     string
 	changeAt   time.Time
 	goAt       map[protocol.Platform]time.Time // when each platform could first migrate
 	stats      stats
@@ -222,7 +224,7 @@ func newSim(cfg Config) (*sim, error) {
 	if cfg.Scenario == nil {
 		cfg.Scenario = DefaultScenario(2 * time.Hour)
 	}
-	if err := cfg.Scenario.Validate(); err != nil {
+	if err := cfg.Scenario.CheckFleet(cfg.Mix.IOS > 0 || cfg.Mix.IPadOS > 0); err != nil {
 		return nil, fmt.Errorf("scenario: %w", err)
 	}
 	if cfg.PushRate == 0 {
@@ -250,7 +252,11 @@ func newSim(cfg Config) (*sim, error) {
 	s.end = s.start.Add(time.Duration(s.sc.Duration))
 	from, to, at, ok := s.sc.migration()
 	if ok {
-		s.from, s.to, s.changeAt = from, to, s.start.Add(at)
+		s.fromMode, s.toMode, s.changeAt = from, to, s.start.Add(at)
+		// A mode that is not one authority (coexistence) is 0 here: the
+		// migration figures need one target.
+		s.from, _ = protocol.ParseAuthority(from)
+		s.to, _ = protocol.ParseAuthority(to)
 	}
 
 	if s.ext != nil {
@@ -383,8 +389,8 @@ func (s *sim) openBroker() error {
 
 func (s *sim) close() {
 	for _, d := range s.devices {
-		if d != nil && d.client != nil && d.client.IsConnectionOpen() {
-			d.client.Disconnect(0)
+		if d != nil && d.client != nil {
+			d.client.Close()
 		}
 	}
 	if s.b != nil {
@@ -420,26 +426,16 @@ func seedBytes(seed uint64, stream byte) [32]byte {
 	return b
 }
 
-// dial opens an MQTT session, authenticated like any device: in process
-// over one end of a net.Pipe whose other end the broker serves, in
-// external mode over TCP or TLS (with cert, the device's certificate).
-func (s *sim) dial(clientID, user, password string, cert *tls.Certificate, onMessage func(payload []byte)) (paho.Client, error) {
-	opts := paho.NewClientOptions().
-		AddBroker("tcp://fleetsim.invalid:1883").
-		SetClientID(clientID).SetUsername(user).SetPassword(password).
-		SetCleanSession(true).SetProtocolVersion(4).
-		SetAutoReconnect(false).SetConnectRetry(false).
-		SetKeepAlive(0).SetConnectTimeout(30 * time.Second).
-		SetOrderMatters(true).
-		SetDefaultPublishHandler(func(_ paho.Client, m paho.Message) { onMessage(m.Payload()) }).
-		SetCustomOpenConnectionFn(func(*url.URL, paho.ClientOptions) (net.Conn, error) {
-			return s.netConn(cert)
-		})
-	c := paho.NewClient(opts)
-	if tok := c.Connect(); !tok.WaitTimeout(30*time.Second) || tok.Error() != nil {
-		return nil, fmt.Errorf("connect %s: %v", clientID, tok.Error())
+// dial opens an MQTT session subscribed to topic, authenticated like any
+// device: in process over one end of a net.Pipe whose other end the
+// broker serves, in external mode over TCP or TLS (with cert, the
+// device's certificate).
+func (s *sim) dial(clientID, user, password, topic string, cert *tls.Certificate, onMessage func(payload []byte)) (*mqttConn, error) {
+	nc, err := s.netConn(cert)
+	if err != nil {
+		return nil, fmt.Errorf("connect %s: %w", clientID, err)
 	}
-	return c, nil
+	return dialMQTT(nc, mqttOptions{ClientID: clientID, Username: user, Password: password, Subscribe: topic, OnMessage: onMessage})
 }
 
 // netConn opens the connection under a device's MQTT session.
@@ -459,18 +455,6 @@ func (s *sim) netConn(cert *tls.Certificate) (net.Conn, error) {
 		cfg.Certificates = []tls.Certificate{*cert}
 	}
 	return tls.DialWithDialer(&d, "tcp", u.Host, cfg)
-}
-
-// subscribe subscribes c to topic and waits for the broker's grant.
-func subscribe(c paho.Client, topic string) error {
-	tok := c.Subscribe(topic, 1, nil)
-	if !tok.WaitTimeout(30*time.Second) || tok.Error() != nil {
-		return fmt.Errorf("subscribe %s: %v", topic, tok.Error())
-	}
-	if q := tok.(*paho.SubscribeToken).Result()[topic]; q > 1 {
-		return fmt.Errorf("subscribe %s: refused", topic)
-	}
-	return nil
 }
 
 // enroll enrolls one device through the enrollment topics, as the agent
@@ -495,7 +479,7 @@ func (s *sim) enroll(spec deviceSpec, name string, r *mrand.Rand) (*agent.State,
 	}
 	req := &protocol.EnrollRequest{CSR: csr, Token: s.token, Platform: spec.platform, User: spec.user, Type: typ, Name: name, OSVersion: osVersion(spec.platform)}
 	answers := make(chan []byte, 1)
-	c, err := s.dial(protocol.EnrollClientPrefix+request, broker.EnrollUsername, s.token, nil, func(p []byte) {
+	c, err := s.dial(protocol.EnrollClientPrefix+request, broker.EnrollUsername, s.token, protocol.EnrollResponseTopic(s.tenant, request), nil, func(p []byte) {
 		select {
 		case answers <- p:
 		default:
@@ -504,10 +488,7 @@ func (s *sim) enroll(spec deviceSpec, name string, r *mrand.Rand) (*agent.State,
 	if err != nil {
 		return nil, nil, err
 	}
-	defer c.Disconnect(0)
-	if err := subscribe(c, protocol.EnrollResponseTopic(s.tenant, request)); err != nil {
-		return nil, nil, err
-	}
+	defer c.Close()
 	var id protocol.MessageID
 	for i := range id {
 		id[i] = byte(r.Uint32())
@@ -518,7 +499,10 @@ func (s *sim) enroll(spec deviceSpec, name string, r *mrand.Rand) (*agent.State,
 		return nil, nil, err
 	}
 	s.work.Add(1) // the broker counts the answer, and the request handled
-	c.Publish(protocol.EnrollRequestTopic(s.tenant, request), 1, false, payload)
+	if err := c.Publish(protocol.EnrollRequestTopic(s.tenant, request), payload); err != nil {
+		s.work.Add(-1)
+		return nil, nil, fmt.Errorf("enrollment request: %w", err)
+	}
 	select {
 	case p := <-answers:
 		s.work.Add(-1)
@@ -608,15 +592,29 @@ func (s *sim) connect(d *simDevice) error {
 	}
 	st := d.core.State()
 	cert := &tls.Certificate{Certificate: [][]byte{st.Certificate}, PrivateKey: d.key}
-	c, err := s.dial(st.Device, st.Device, st.ConnectToken, cert, func(p []byte) { s.receive(d.idx, p) })
+	c, err := s.dial(st.Device, st.Device, st.ConnectToken, protocol.DownlinkTopic(s.tenant, st.Device), cert, func(p []byte) { s.receive(d.idx, p) })
 	if err != nil {
-		return err
-	}
-	if err := subscribe(c, protocol.DownlinkTopic(s.tenant, st.Device)); err != nil {
-		c.Disconnect(0)
-		return err
+		if s.ext == nil {
+			return err
+		}
+		// A real service may refuse or drop a connection under load: the
+		// device tries again, as the agent does.
+		s.stats.connectErrors++
+		s.retryConnect(d)
+		return nil
 	}
 	d.client, d.online = c, true
+	if s.ext != nil {
+		go func() {
+			<-c.Done()
+			if !errors.Is(c.Err(), errMQTTClosed) {
+				s.inboxMu.Lock()
+				s.inbox = append(s.inbox, inbound{dev: d.idx, lost: c})
+				s.inboxMu.Unlock()
+				s.work.signal()
+			}
+		}()
+	}
 	if _, ok := s.goAt[d.spec.platform]; ok && d.readyAt.IsZero() {
 		d.readyAt = s.clock.Now()
 	}
@@ -628,7 +626,7 @@ func (s *sim) disconnect(d *simDevice) error {
 	if !d.online {
 		return nil
 	}
-	d.client.Disconnect(0)
+	d.client.Close()
 	// Wait until the broker has let the session go: until then it would
 	// count a message to the device that will never arrive.
 	id := d.core.State().Device
@@ -642,6 +640,28 @@ func (s *sim) disconnect(d *simDevice) error {
 	d.core.Disconnected(s.clock.Now())
 	s.schedule(d)
 	return nil
+}
+
+// lose handles a session that ended without the device closing it: a
+// refused publish, or a broker that dropped it. The device is offline and
+// tries to connect again after a reconnect backoff.
+func (s *sim) lose(d *simDevice, c *mqttConn) {
+	if d.client != c || !d.online {
+		return // an older session
+	}
+	s.stats.sessionsLost++
+	c.Close()
+	d.client, d.online = nil, false
+	d.core.Disconnected(s.clock.Now())
+	s.schedule(d)
+	s.retryConnect(d)
+}
+
+// retryConnect schedules a device's next connection attempt, one to 30
+// seconds from now.
+func (s *sim) retryConnect(d *simDevice) {
+	d.retry = true
+	s.timers.add(s.clock.Now().Add(time.Second+time.Duration(mrand.Int64N(int64(29*time.Second)))), evReconnect, d.idx)
 }
 
 // receive queues a message a device received; the loop handles it.
@@ -668,7 +688,11 @@ func (s *sim) apply(d *simDevice, out agent.Output) {
 				continue
 			}
 			s.work.Add(1)
-			d.client.Publish(protocol.UplinkTopic(s.tenant, d.core.State().Device), 1, false, payload)
+			if err := d.client.Publish(protocol.UplinkTopic(s.tenant, d.core.State().Device), payload); err != nil {
+				s.work.Add(-1)
+				s.lose(d, d.client)
+				continue
+			}
 			if env.Kind() == protocol.KindCheckIn {
 				s.stats.checkInsSent++
 			}
@@ -706,8 +730,14 @@ func (s *sim) schedule(d *simDevice) {
 
 // handle processes one message a device received.
 func (s *sim) handle(in inbound) {
-	defer s.work.Add(-1)
 	d := s.devices[in.dev]
+	if in.lost != nil {
+		if d != nil {
+			s.lose(d, in.lost)
+		}
+		return
+	}
+	defer s.work.Add(-1)
 	if d == nil || d.stopped {
 		return
 	}

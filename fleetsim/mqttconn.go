@@ -1,0 +1,556 @@
+package fleetsim
+
+import (
+	"bufio"
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/mochi-mqtt/server/v2/packets"
+)
+
+// This file is a lean MQTT 3.1.1 client for the simulated devices. paho
+// runs several goroutines and channels per client and per message, which
+// keeps the simulator from a fleet of 100,000 devices; this client has one
+// long-lived goroutine per session (the reader) and no channels. It speaks
+// only what a device needs: CONNECT with a clean session and no keep-alive,
+// one QoS 1 subscription, QoS 1 publishing, and PUBACKs for what arrives.
+// Packets are encoded and decoded with mochi's codec, the one the broker
+// uses.
+
+// mqttMaxPacket bounds the remaining length of a packet from the broker.
+// The service's largest payload is protocol.MaxPayload (64 KiB); anything
+// much larger is a broken or hostile peer, and reading it would let one
+// session allocate without limit.
+const mqttMaxPacket = 1 << 20
+
+// mqttReadBuffer is the size of a session's read buffer: enough for a
+// fixed header and the small acknowledgements in one read, small enough for
+// 100,000 sessions. A larger PUBLISH is read straight into its own slice.
+const mqttReadBuffer = 128
+
+// mqttDefaultTimeout bounds the handshake when mqttOptions.Timeout is zero.
+const mqttDefaultTimeout = 30 * time.Second
+
+// CONNACK return codes of MQTT 3.1.1 (section 3.2.2.3), indexed by code.
+var mqttConnackCodes = [...]string{
+	0: "connection accepted",
+	1: "unacceptable protocol version",
+	2: "client identifier rejected",
+	3: "server unavailable",
+	4: "bad user name or password",
+	5: "not authorized",
+}
+
+// mqttSubackFailure is the SUBACK return code for a refused subscription.
+const mqttSubackFailure = 0x80
+
+var (
+	// errMQTTRefused means the broker answered CONNECT with a non-zero
+	// return code.
+	errMQTTRefused = errors.New("the broker refused the connection")
+	// errMQTTSubscribeRefused means the broker answered SUBSCRIBE with the
+	// failure return code, as it does for a topic the client may not read.
+	errMQTTSubscribeRefused = errors.New("the broker refused the subscription")
+	// errMQTTClosed is why a session ended when Close ended it.
+	errMQTTClosed = errors.New("mqtt session closed")
+	// errMQTTBrokerClosed is why a session ended when the broker closed
+	// the connection.
+	errMQTTBrokerClosed = errors.New("the broker closed the connection")
+	// errMQTTTooLarge means the broker sent a packet over mqttMaxPacket.
+	errMQTTTooLarge = errors.New("packet too large")
+)
+
+// mqttOptions is what a session needs.
+type mqttOptions struct {
+	ClientID, Username, Password string
+	// Subscribe is one topic filter, subscribed at QoS 1 right after
+	// CONNACK; dialMQTT returns only once the broker has granted it.
+	// Empty means no subscription.
+	Subscribe string
+	// OnMessage is called with the payload of each PUBLISH received, in
+	// order: during dialMQTT from the dialing goroutine, then from the
+	// session's reader goroutine. The payload is the callee's to keep.
+	// OnMessage must not block for long, and must not call Publish or
+	// Close: on an unbuffered transport (net.Pipe) the broker may be
+	// waiting for the reader to take its next packet before it reads what
+	// Publish writes, and Close waits for the reader. Nil discards
+	// messages.
+	OnMessage func(payload []byte)
+	// Timeout bounds the wait for CONNACK and SUBACK, and the DISCONNECT
+	// written by Close; default 30s.
+	Timeout time.Duration
+}
+
+// mqttConn is one MQTT 3.1.1 session over an established connection.
+//
+// Writes (Publish, PUBACKs, DISCONNECT) are serialised by mu, and each
+// packet is encoded into a pooled buffer and written with one Write, so
+// that an idle session holds no write buffer. The reader goroutine never
+// writes and never waits for mu: on net.Pipe, which has no buffering, mochi
+// writes the PUBACK for a device's PUBLISH from the goroutine that reads
+// the device's packets, so a reader blocked writing its own PUBACK while
+// the broker is blocked writing one to it would deadlock both. The reader
+// therefore queues the PUBACKs it owes, and a short-lived goroutine writes
+// them while the reader goes on reading.
+type mqttConn struct {
+	nc        net.Conn
+	br        *bufio.Reader // used by the reader only (by dialMQTT before it starts)
+	onMessage func([]byte)
+	id        string // the client id, for error messages
+	timeout   time.Duration
+	done      chan struct{} // closed when the reader returns
+	small     [8]byte       // body of a small non-PUBLISH packet; as br
+
+	mu     sync.Mutex // serialises writes; held while writing
+	nextID uint16     // the last packet id used
+
+	state  sync.Mutex // guards the fields below; never held across I/O
+	cause  error      // why the session ended, once it has
+	acks   []uint16   // packet ids of the PUBACKs owed to the broker
+	acking bool       // an ack writer is running
+
+	ackers    sync.WaitGroup // the ack writer, while one runs
+	pubacks   atomic.Uint64  // PUBACKs received for our publishes
+	closeOnce sync.Once
+	closeErr  error
+}
+
+// dialMQTT runs the MQTT handshake over nc, which is already connected (a
+// net.Pipe end, a TCP connection or a *tls.Conn): protocol 3.1.1 (level
+// 4), clean session, no keep-alive, no will. It subscribes to
+// o.Subscribe, if set, and returns once the broker has granted it. On
+// error nc is closed.
+func dialMQTT(nc net.Conn, o mqttOptions) (*mqttConn, error) {
+	if o.Timeout <= 0 {
+		o.Timeout = mqttDefaultTimeout
+	}
+	if o.OnMessage == nil {
+		o.OnMessage = func([]byte) {}
+	}
+	c := &mqttConn{nc: nc, br: bufio.NewReaderSize(nc, mqttReadBuffer), onMessage: o.OnMessage,
+		id: o.ClientID, timeout: o.Timeout, done: make(chan struct{})}
+	if err := c.handshake(o); err != nil {
+		c.end(err)
+		c.ackers.Wait()
+		close(c.done)
+		return nil, err
+	}
+	go c.read()
+	return c, nil
+}
+
+// handshake sends CONNECT and SUBSCRIBE and waits for their answers, all
+// within the timeout.
+func (c *mqttConn) handshake(o mqttOptions) error {
+	if err := c.nc.SetDeadline(time.Now().Add(o.Timeout)); err != nil {
+		return fmt.Errorf("mqtt connect %s: %w", c.id, err)
+	}
+	connect := packets.Packet{
+		FixedHeader:     packets.FixedHeader{Type: packets.Connect},
+		ProtocolVersion: 4,
+		Connect: packets.ConnectParams{
+			ProtocolName:     []byte("MQTT"),
+			Clean:            true,
+			ClientIdentifier: o.ClientID,
+			UsernameFlag:     o.Username != "",
+			Username:         []byte(o.Username),
+			PasswordFlag:     o.Password != "",
+			Password:         []byte(o.Password),
+		},
+	}
+	if err := c.writePacket(&connect); err != nil {
+		return fmt.Errorf("mqtt connect %s: send CONNECT: %w", c.id, err)
+	}
+	var pk packets.Packet
+	if err := c.readPacket(&pk); err != nil {
+		return fmt.Errorf("mqtt connect %s: waiting for CONNACK: %w", c.id, err)
+	}
+	if pk.FixedHeader.Type != packets.Connack {
+		return fmt.Errorf("mqtt connect %s: the broker answered CONNECT with %s instead of CONNACK", c.id, packetName(pk.FixedHeader.Type))
+	}
+	if code := pk.ReasonCode; code != 0 {
+		meaning := "unknown return code"
+		if int(code) < len(mqttConnackCodes) {
+			meaning = mqttConnackCodes[code]
+		}
+		return fmt.Errorf("mqtt connect %s: %w: %s (CONNACK return code %d)", c.id, errMQTTRefused, meaning, code)
+	}
+	if o.Subscribe != "" {
+		if err := c.subscribe(o.Subscribe); err != nil {
+			return err
+		}
+	}
+	if err := c.nc.SetDeadline(time.Time{}); err != nil {
+		return fmt.Errorf("mqtt connect %s: %w", c.id, err)
+	}
+	return nil
+}
+
+// subscribe subscribes to filter at QoS 1 and waits for the SUBACK. A
+// message that arrives first (the subscription is live before the broker
+// writes its SUBACK) is delivered.
+func (c *mqttConn) subscribe(filter string) error {
+	c.nextID++
+	id := c.nextID
+	sub := packets.Packet{
+		FixedHeader:     packets.FixedHeader{Type: packets.Subscribe, Qos: 1},
+		ProtocolVersion: 4,
+		PacketID:        id,
+		Filters:         packets.Subscriptions{{Filter: filter, Qos: 1}},
+	}
+	if err := c.writePacket(&sub); err != nil {
+		return fmt.Errorf("mqtt subscribe %s to %s: send SUBSCRIBE: %w", c.id, filter, err)
+	}
+	for {
+		var pk packets.Packet
+		if err := c.readPacket(&pk); err != nil {
+			return fmt.Errorf("mqtt subscribe %s to %s: waiting for SUBACK: %w", c.id, filter, err)
+		}
+		if pk.FixedHeader.Type != packets.Suback {
+			if err := c.handle(&pk); err != nil {
+				return fmt.Errorf("mqtt subscribe %s to %s: %w", c.id, filter, err)
+			}
+			continue
+		}
+		switch {
+		case pk.PacketID != id:
+			return fmt.Errorf("mqtt subscribe %s to %s: SUBACK for packet %d; want %d", c.id, filter, pk.PacketID, id)
+		case len(pk.ReasonCodes) != 1:
+			return fmt.Errorf("mqtt subscribe %s to %s: SUBACK with %d return codes; want 1", c.id, filter, len(pk.ReasonCodes))
+		case pk.ReasonCodes[0] == mqttSubackFailure:
+			return fmt.Errorf("mqtt subscribe %s to %s: %w (SUBACK return code 0x80)", c.id, filter, errMQTTSubscribeRefused)
+		case pk.ReasonCodes[0] > 2:
+			return fmt.Errorf("mqtt subscribe %s to %s: SUBACK return code %#x is not one of MQTT 3.1.1", c.id, filter, pk.ReasonCodes[0])
+		}
+		return nil
+	}
+}
+
+// Publish sends a QoS 1 PUBLISH (not retained) with the next packet id and
+// returns once it is written, without waiting for the PUBACK. It is safe
+// for concurrent use. It fails once the session has ended or been closed,
+// and when the write fails (which ends the session). On net.Pipe it
+// returns only once the broker has read the packet, which it does after it
+// has handled the previous one: back-pressure, as a device would feel.
+func (c *mqttConn) Publish(topic string, payload []byte) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if err := c.Err(); err != nil {
+		return fmt.Errorf("mqtt publish %s to %s: %w", c.id, topic, err)
+	}
+	c.nextID++
+	if c.nextID == 0 {
+		c.nextID = 1 // 0 is not a packet id
+	}
+	pk := packets.Packet{
+		FixedHeader:     packets.FixedHeader{Type: packets.Publish, Qos: 1},
+		ProtocolVersion: 4,
+		PacketID:        c.nextID,
+		TopicName:       topic,
+		Payload:         payload,
+	}
+	if err := c.writePacket(&pk); err != nil {
+		err = fmt.Errorf("mqtt publish %s to %s: %w", c.id, topic, err)
+		c.failed(err)
+		return err
+	}
+	return nil
+}
+
+// failed ends the session after a write failed, which may have left a
+// partial packet on the wire. When the connection was already gone, the
+// reader ends the session itself, with the reason it sees (such as the
+// broker closing it), which says more.
+func (c *mqttConn) failed(err error) {
+	if !mqttConnGone(err) {
+		c.end(err)
+	}
+}
+
+// Close sends DISCONNECT (unless the session has already ended), closes
+// the connection and waits for the reader goroutine to return. It returns
+// an error only when DISCONNECT could not be written for another reason
+// than the connection having closed already. Closing twice is harmless.
+func (c *mqttConn) Close() error {
+	c.closeOnce.Do(func() { c.closeErr = c.close() })
+	return c.closeErr
+}
+
+func (c *mqttConn) close() error {
+	// The cause is set first: the broker closes the connection as soon
+	// as it reads DISCONNECT, and the reader must not take that for the
+	// broker ending the session.
+	c.state.Lock()
+	ended := c.cause != nil
+	if !ended {
+		c.cause = errMQTTClosed
+	}
+	c.state.Unlock()
+	var err error
+	if !ended {
+		// A broker that does not read would hold the write (and mu)
+		// forever; the deadline also frees a writer holding mu.
+		c.nc.SetWriteDeadline(time.Now().Add(c.timeout))
+		c.mu.Lock()
+		err = c.writePacket(&packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Disconnect}, ProtocolVersion: 4})
+		c.mu.Unlock()
+		if mqttConnGone(err) {
+			err = nil
+		} else if err != nil {
+			err = fmt.Errorf("mqtt disconnect %s: %w", c.id, err)
+		}
+	}
+	c.nc.Close()
+	<-c.done
+	c.ackers.Wait()
+	return err
+}
+
+// Done is closed when the session has ended: the broker closed it, a read
+// failed, a packet broke the protocol, or Close.
+func (c *mqttConn) Done() <-chan struct{} { return c.done }
+
+// Err returns why the session ended, or nil while it lasts.
+func (c *mqttConn) Err() error {
+	c.state.Lock()
+	defer c.state.Unlock()
+	return c.cause
+}
+
+// end records the first reason the session ended and closes the
+// connection, which makes the reader and any blocked writer return.
+func (c *mqttConn) end(cause error) {
+	c.state.Lock()
+	if c.cause == nil {
+		c.cause = cause
+	}
+	c.state.Unlock()
+	c.nc.Close()
+}
+
+// read is the session's reader goroutine: it reads and handles packets
+// until the session ends.
+func (c *mqttConn) read() {
+	defer close(c.done)
+	for {
+		// An idle session waits here, on a shallow stack that the
+		// garbage collector can shrink to the minimum; the packet being
+		// handled (800 bytes) lives in the heap, and only meanwhile.
+		_, err := c.br.Peek(1)
+		if err == nil {
+			err = c.next()
+		}
+		if err != nil {
+			if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
+				err = errMQTTBrokerClosed
+			}
+			c.end(fmt.Errorf("mqtt session %s: %w", c.id, err))
+			return
+		}
+	}
+}
+
+// next reads and handles the packet that has begun to arrive.
+func (c *mqttConn) next() error {
+	pk := mqttPackets.Get().(*packets.Packet)
+	defer func() {
+		*pk = packets.Packet{} // drop the references to the body
+		mqttPackets.Put(pk)
+	}()
+	if err := c.readPacket(pk); err != nil {
+		return err
+	}
+	return c.handle(pk)
+}
+
+// mqttPackets holds decoded packets for the readers, shared by all
+// sessions.
+var mqttPackets = sync.Pool{New: func() any { return new(packets.Packet) }}
+
+// handle acts on a packet the broker sent after CONNACK.
+func (c *mqttConn) handle(pk *packets.Packet) error {
+	switch pk.FixedHeader.Type {
+	case packets.Publish:
+		switch pk.FixedHeader.Qos {
+		case 0:
+			c.onMessage(pk.Payload)
+		case 1:
+			c.onMessage(pk.Payload)
+			c.queueAck(pk.PacketID)
+		default:
+			// Only QoS 1 was subscribed to; QoS 2 would need
+			// PUBREC/PUBREL/PUBCOMP, which this client does not speak.
+			return fmt.Errorf("PUBLISH at QoS %d on %s; the subscription is at QoS 1", pk.FixedHeader.Qos, pk.TopicName)
+		}
+	case packets.Puback:
+		c.pubacks.Add(1)
+	case packets.Pingresp:
+	default:
+		return fmt.Errorf("unexpected %s packet from the broker", packetName(pk.FixedHeader.Type))
+	}
+	return nil
+}
+
+// readPacket reads and decodes the next packet into pk. The PUBLISH
+// payload is a slice of its own, which the reader hands over.
+func (c *mqttConn) readPacket(pk *packets.Packet) error {
+	hb, err := c.br.ReadByte()
+	if err != nil {
+		return err
+	}
+	if err := pk.FixedHeader.Decode(hb); err != nil {
+		return fmt.Errorf("fixed header %#02x: %w", hb, err)
+	}
+	n, _, err := packets.DecodeLength(c.br)
+	if err != nil {
+		return fmt.Errorf("%s remaining length: %w", packetName(pk.FixedHeader.Type), err)
+	}
+	if n > mqttMaxPacket {
+		return fmt.Errorf("%w: the broker sent a %s of %d bytes; the limit is %d", errMQTTTooLarge, packetName(pk.FixedHeader.Type), n, mqttMaxPacket)
+	}
+	pk.FixedHeader.Remaining = n
+	pk.ProtocolVersion = 4
+	var body []byte
+	if pk.FixedHeader.Type != packets.Publish && n <= len(c.small) {
+		body = c.small[:n]
+	} else {
+		body = make([]byte, n) // a PUBLISH's payload goes to the callee: a fresh slice
+	}
+	if _, err := io.ReadFull(c.br, body); err != nil {
+		if errors.Is(err, io.EOF) {
+			err = io.ErrUnexpectedEOF
+		}
+		return fmt.Errorf("%s body: %w", packetName(pk.FixedHeader.Type), err)
+	}
+	switch pk.FixedHeader.Type {
+	case packets.Connack:
+		err = pk.ConnackDecode(body)
+	case packets.Publish:
+		err = pk.PublishDecode(body)
+	case packets.Puback:
+		err = pk.PubackDecode(body)
+	case packets.Suback:
+		err = pk.SubackDecode(body)
+	case packets.Pingresp:
+	default:
+		return fmt.Errorf("unexpected %s packet from the broker", packetName(pk.FixedHeader.Type))
+	}
+	if err != nil {
+		return fmt.Errorf("decode %s: %w", packetName(pk.FixedHeader.Type), err)
+	}
+	return nil
+}
+
+// queueAck queues a PUBACK for the ack writer, and starts it if it is not
+// running.
+func (c *mqttConn) queueAck(id uint16) {
+	c.state.Lock()
+	c.acks = append(c.acks, id)
+	start := !c.acking
+	c.acking = true
+	c.state.Unlock()
+	if start {
+		c.ackers.Add(1)
+		go c.writeAcks()
+	}
+}
+
+// writeAcks writes the queued PUBACKs, several in one Write when they
+// piled up, and returns once none is left.
+func (c *mqttConn) writeAcks() {
+	defer c.ackers.Done()
+	var batch [32]uint16
+	for {
+		c.state.Lock()
+		n := copy(batch[:], c.acks)
+		c.acks = append(c.acks[:0], c.acks[n:]...)
+		if n == 0 || c.cause != nil {
+			c.acks, c.acking = c.acks[:0], false
+			c.state.Unlock()
+			return
+		}
+		c.state.Unlock()
+
+		buf := mqttBuffers.Get().(*bytes.Buffer)
+		for _, id := range batch[:n] {
+			pk := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Puback}, ProtocolVersion: 4, PacketID: id}
+			pk.PubackEncode(buf) // cannot fail at protocol level 4
+		}
+		c.mu.Lock()
+		_, err := c.nc.Write(buf.Bytes())
+		c.mu.Unlock()
+		putMQTTBuffer(buf)
+		if err != nil {
+			c.failed(fmt.Errorf("mqtt session %s: send PUBACK: %w", c.id, err))
+			c.state.Lock()
+			c.acks, c.acking = c.acks[:0], false
+			c.state.Unlock()
+			return
+		}
+	}
+}
+
+// mqttBuffers holds encoding buffers shared by all sessions, so that an
+// idle session holds none.
+var mqttBuffers = sync.Pool{New: func() any { return new(bytes.Buffer) }}
+
+// mqttPooledMax is the largest buffer kept in mqttBuffers: twice the
+// service's largest payload.
+const mqttPooledMax = 128 << 10
+
+// putMQTTBuffer returns buf to the pool, unless a large packet grew it.
+func putMQTTBuffer(buf *bytes.Buffer) {
+	if buf.Cap() > mqttPooledMax {
+		return
+	}
+	buf.Reset()
+	mqttBuffers.Put(buf)
+}
+
+// writePacket encodes pk and writes it with one Write. The caller holds
+// mu, or is dialMQTT before the reader starts.
+func (c *mqttConn) writePacket(pk *packets.Packet) error {
+	buf := mqttBuffers.Get().(*bytes.Buffer)
+	defer putMQTTBuffer(buf)
+	var err error
+	switch pk.FixedHeader.Type {
+	case packets.Connect:
+		err = pk.ConnectEncode(buf)
+	case packets.Subscribe:
+		err = pk.SubscribeEncode(buf)
+	case packets.Publish:
+		err = pk.PublishEncode(buf)
+	case packets.Disconnect:
+		err = pk.DisconnectEncode(buf)
+	default:
+		err = fmt.Errorf("the client does not send %s packets", packetName(pk.FixedHeader.Type))
+	}
+	if err != nil {
+		return fmt.Errorf("encode %s: %w", packetName(pk.FixedHeader.Type), err)
+	}
+	_, err = c.nc.Write(buf.Bytes())
+	return err
+}
+
+// packetName names an MQTT packet type for error messages.
+func packetName(t byte) string {
+	if name, ok := packets.PacketNames[t]; ok {
+		return strings.ToUpper(name)
+	}
+	return fmt.Sprintf("type-%d", t)
+}
+
+// mqttConnGone reports whether err says only that the connection had
+// already closed, from either end.
+func mqttConnGone(err error) bool {
+	return errors.Is(err, net.ErrClosed) || errors.Is(err, io.ErrClosedPipe) || errors.Is(err, io.EOF) ||
+		errors.Is(err, syscall.EPIPE) || errors.Is(err, syscall.ECONNRESET)
+}
