@@ -23,6 +23,7 @@ type stats struct {
 	pushesPublished int
 	encodeErrors    int
 	decodeErrors    int
+	connects        int // device sessions opened
 	connectErrors   int // connections the service refused or that failed
 	sessionsLost    int // sessions that ended without the device closing them
 	redundantMax    int
@@ -184,6 +185,14 @@ type RunReport struct {
 	CheckInsPerSec float64 `json:"checkins_per_s"`
 	PeakRSSBytes   uint64  `json:"peak_rss_bytes"`
 	VirtualSeconds int64   `json:"virtual_s"`
+	// BurstCheckInsPerSec is the check-ins sent per real second in the
+	// ten virtual minutes after the authority change, when the online
+	// fleet moves; ConnectsPerSec the device sessions opened per real
+	// second while the fleet enrolls (its first four virtual hours), and
+	// Connects all of them, reconnections included.
+	BurstCheckInsPerSec float64 `json:"burst_checkins_per_s"`
+	ConnectsPerSec      float64 `json:"connects_per_s"`
+	Connects            int     `json:"connects"`
 	// Restarts counts the restart steps carried out.
 	Restarts int `json:"restarts"`
 	// ConnectErrors counts device connections that failed or were
@@ -211,6 +220,7 @@ func (s *sim) report() *Report {
 		Final:    map[string]int{},
 		Run: RunReport{WallSeconds: wall, PeakRSSBytes: runtimeRSS(),
 			CheckInsPerSec: float64(s.stats.checkInsSent) / wall, VirtualSeconds: int64(s.end.Sub(s.start) / time.Second),
+			BurstCheckInsPerSec: s.burst.rate(), ConnectsPerSec: s.enrolling.rate(), Connects: s.stats.connects,
 			Restarts: s.restarts, ConnectErrors: s.stats.connectErrors, SessionsLost: s.stats.sessionsLost},
 	}
 	if s.ext != nil {
@@ -340,7 +350,8 @@ func (r *Report) WriteSummary(w io.Writer) error {
 		r.Profiles.Overwritten, r.Profiles.RedundantDevicesMax, r.Profiles.GapDevices, r.Profiles.RetainedAtEnd)
 	p("validation\tcanary on %s; remote lock %s\n", r.Validation.CanaryAuthority, r.Validation.RemoteLock)
 	p("final\toffice365 %d, intune %d\n", r.Final["office365"], r.Final["intune"])
-	p("run\t%.1f s wall for %s virtual, %.0f check-ins/s, peak RSS %d MiB\n", r.Run.WallSeconds, secs(r.Run.VirtualSeconds), r.Run.CheckInsPerSec, r.Run.PeakRSSBytes>>20)
+	p("run\t%.1f s wall for %s virtual, %.0f check-ins/s (%.0f in the migration burst), %.0f connects/s while enrolling, peak RSS %d MiB\n",
+		r.Run.WallSeconds, secs(r.Run.VirtualSeconds), r.Run.CheckInsPerSec, r.Run.BurstCheckInsPerSec, r.Run.ConnectsPerSec, r.Run.PeakRSSBytes>>20)
 	return tw.Flush()
 }
 

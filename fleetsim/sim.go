@@ -172,11 +172,13 @@ type sim struct {
 	canary     int
 	end        time.Time
 	realStart  time.Time
-	dir        string // the service's store and CA
-	tempDir    string // the store's directory when the run made it
-	down       bool   // a restart step has stopped the broker
-	svcDown    bool   // and the service
-	restarts   int    // restart steps so far
+	enrolling  rateWindow // connects while the fleet enrolls
+	burst      rateWindow // check-ins in the migration burst
+	dir        string     // the service's store and CA
+	tempDir    string     // the store's directory when the run made it
+	down       bool       // a restart step has stopped the broker
+	svcDown    bool       // and the service
+	restarts   int        // restart steps so far
 }
 
 // Run runs the scenario over a simulated fleet and reports what happened.
@@ -250,9 +252,11 @@ func newSim(cfg Config) (*sim, error) {
 		}
 	}
 	s.end = s.start.Add(time.Duration(s.sc.Duration))
+	s.enrolling = rateWindow{from: s.start, to: s.start.Add(enrollSpread)}
 	from, to, at, ok := s.sc.migration()
 	if ok {
 		s.fromMode, s.toMode, s.changeAt = from, to, s.start.Add(at)
+		s.burst = rateWindow{from: s.changeAt, to: s.changeAt.Add(burstWindow)}
 		// A mode that is not one authority (coexistence) is 0 here: the
 		// migration figures need one target.
 		s.from, _ = protocol.ParseAuthority(from)
@@ -316,6 +320,53 @@ func (s *sim) external(e *External) error {
 		return fmt.Errorf("start %s is %s in the service's past, after the end of the scenario: give a later --start", s.start.Format(time.RFC3339), late.Round(time.Second))
 	}
 	return nil
+}
+
+// burstWindow is the virtual time after the authority change over which
+// the report measures the check-in rate of the migration burst: online
+// devices move within it.
+const burstWindow = 10 * time.Minute
+
+// rateWindow measures a rate per real second over a window of virtual
+// time: a count at the first timer at or after its start and again at
+// the first at or after its end (or the end of the run).
+type rateWindow struct {
+	from, to           time.Time // virtual
+	realFrom, realTo   time.Time
+	countFrom, countTo int
+	started, ended     bool
+}
+
+func (w *rateWindow) observe(now time.Time, count int) {
+	if w.from.IsZero() || w.ended {
+		return
+	}
+	if !w.started && !now.Before(w.from) {
+		w.started, w.realFrom, w.countFrom = true, time.Now(), count
+	}
+	if w.started && !now.Before(w.to) {
+		w.ended, w.realTo, w.countTo = true, time.Now(), count
+	}
+}
+
+// rate is the count per real second over the window; 0 when it did not
+// run.
+func (w *rateWindow) rate() float64 {
+	if !w.ended {
+		return 0
+	}
+	secs := w.realTo.Sub(w.realFrom).Seconds()
+	if secs <= 0 {
+		return 0
+	}
+	return float64(w.countTo-w.countFrom) / secs
+}
+
+// observe feeds the rate windows after each timer.
+func (s *sim) observe() {
+	now := s.clock.Now()
+	s.enrolling.observe(now, s.stats.connects)
+	s.burst.observe(now, s.stats.checkInsSent)
 }
 
 // runs reports whether this simulator runs the device of the fleet's
@@ -604,6 +655,7 @@ func (s *sim) connect(d *simDevice) error {
 		return nil
 	}
 	d.client, d.online = c, true
+	s.stats.connects++
 	if s.ext != nil {
 		go func() {
 			<-c.Done()
@@ -823,6 +875,7 @@ func (s *sim) loop(ctx context.Context) error {
 		if err := s.fire(e); err != nil {
 			return err
 		}
+		s.observe()
 		if s.cfg.Progress != nil && time.Since(lastProgress) >= time.Second {
 			s.cfg.Progress(Progress{Virtual: s.clock.Now().Sub(s.start), End: time.Duration(s.sc.Duration),
 				ByAuthority: s.byAuthority(), CheckInsPS: float64(s.stats.checkInsSent-lastCheckIns) / time.Since(lastProgress).Seconds()})
@@ -861,6 +914,7 @@ func (s *sim) loopShared(ctx context.Context) error {
 			if err := s.fire(e); err != nil {
 				return err
 			}
+			s.observe()
 		}
 		if s.cfg.Progress != nil && time.Since(lastProgress) >= time.Second {
 			s.cfg.Progress(Progress{Virtual: s.clock.Now().Sub(s.start), End: time.Duration(s.sc.Duration),
