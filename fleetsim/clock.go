@@ -46,9 +46,10 @@ type work struct {
 
 func newWork() *work { return &work{wake: make(chan struct{}, 1)} }
 
-// Add implements broker.Tracker.
+// Add implements broker.Tracker. Every decrease wakes the loop: it may
+// leave only the inbox in flight.
 func (w *work) Add(delta int64) {
-	if w.n.Add(delta) == 0 {
+	if w.n.Add(delta) == 0 || delta < 0 {
 		w.signal()
 	}
 }

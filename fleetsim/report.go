@@ -57,22 +57,37 @@ type Sample struct {
 func (s *sim) sample() {
 	now := s.clock.Now()
 	row := Sample{T: int64(now.Sub(s.start) / time.Second), ByAuthority: map[string]int{}, Failed: map[string]int{}}
+	var by [protocol.AuthorityOffice365 + 1]int
 	for _, d := range s.devices {
 		if d == nil || d.canary {
 			continue
 		}
 		st := d.core.State()
-		row.ByAuthority[st.Authority.String()]++
+		if int(st.Authority) < len(by) {
+			by[st.Authority]++
+		} else {
+			row.ByAuthority[st.Authority.String()]++
+		}
+		retained := 0
 		for i := range st.Profiles {
 			if st.Profiles[i].Retained() {
-				row.RetainedProfiles++
+				retained++
 			}
 		}
+		if retained == 0 {
+			continue // neither a redundant pair nor a gap without a retained profile
+		}
+		row.RetainedProfiles += retained
 		if len(agent.Redundant(st.Profiles, st.Authority)) > 0 {
 			row.RedundantDevices++
 		}
 		if len(agent.Gaps(st.Profiles, st.Authority)) > 0 {
 			row.GapDevices++
+		}
+	}
+	for a, n := range by {
+		if n > 0 {
+			row.ByAuthority[protocol.Authority(a).String()] += n
 		}
 	}
 	okBefore := 0

@@ -812,6 +812,44 @@ func (s *sim) handle(in inbound) {
 	}
 }
 
+// settle handles everything in flight before time moves, in rounds: it
+// waits until every message in flight has reached a device's inbox (the
+// broker and the service are idle: the work in flight is the inbox), then
+// handles the inbox in device order, which may send more. The rounds, and
+// so the order of events, do not depend on how fast messages travel.
+func (s *sim) settle(ctx context.Context) error {
+	waited := time.Now()
+	for {
+		s.inboxMu.Lock()
+		queued := len(s.inbox)
+		var batch []inbound
+		if s.work.n.Load() == int64(queued) {
+			batch, s.inbox = s.inbox, nil
+		}
+		s.inboxMu.Unlock()
+		if batch != nil {
+			slices.SortStableFunc(batch, func(a, b inbound) int { return a.dev - b.dev })
+			for _, in := range batch {
+				s.handle(in)
+			}
+			waited = time.Now()
+			continue
+		}
+		if queued == 0 && s.work.n.Load() == 0 {
+			return nil
+		}
+		select {
+		case <-s.work.wake:
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(time.Second):
+			if time.Since(waited) > stallTimeout {
+				return fmt.Errorf("simulation stalled at %s: %d messages in flight for %s of real time", s.clock.Now().Sub(s.start), s.work.n.Load(), stallTimeout)
+			}
+		}
+	}
+}
+
 // drain handles the messages waiting in the inbox and reports whether
 // there were any.
 func (s *sim) drain() bool {
@@ -837,25 +875,8 @@ func (s *sim) loop(ctx context.Context) error {
 	}
 	lastProgress, lastCheckIns := time.Now(), 0
 	for {
-		// Settle: everything in flight is handled before time moves.
-		waited := time.Now()
-		for {
-			if s.drain() {
-				waited = time.Now()
-				continue
-			}
-			if s.work.n.Load() == 0 && s.inboxEmpty() {
-				break
-			}
-			select {
-			case <-s.work.wake:
-			case <-ctx.Done():
-				return ctx.Err()
-			case <-time.After(time.Second):
-				if time.Since(waited) > stallTimeout {
-					return fmt.Errorf("simulation stalled at %s: %d messages in flight for %s of real time", s.clock.Now().Sub(s.start), s.work.n.Load(), stallTimeout)
-				}
-			}
+		if err := s.settle(ctx); err != nil {
+			return err
 		}
 		at, ok := s.timers.peek()
 		if !ok || at.After(s.end) {
@@ -922,12 +943,6 @@ func (s *sim) loopShared(ctx context.Context) error {
 			lastProgress, lastCheckIns = time.Now(), s.stats.checkInsSent
 		}
 	}
-}
-
-func (s *sim) inboxEmpty() bool {
-	s.inboxMu.Lock()
-	defer s.inboxMu.Unlock()
-	return len(s.inbox) == 0
 }
 
 // fire runs one timer.

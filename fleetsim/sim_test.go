@@ -103,7 +103,7 @@ func TestSameSeedSameFigures(t *testing.T) {
 	_, b := runSim(t, Config{Devices: 80, Seed: 11})
 	if !reflect.DeepEqual(a.Fleet, b.Fleet) || !reflect.DeepEqual(a.Migration, b.Migration) || !reflect.DeepEqual(a.Profiles, b.Profiles) ||
 		!reflect.DeepEqual(a.CheckIns, b.CheckIns) || !reflect.DeepEqual(a.Timeline, b.Timeline) {
-		t.Errorf("one seed, two outcomes:\n%+v\n%+v\n%+v\n%+v", a.Migration, b.Migration, a.CheckIns, b.CheckIns)
+		t.Errorf("one seed, two outcomes:\n%+v\n%+v\n%+v\n%+v\n%+v\n%+v", a.Migration, b.Migration, a.CheckIns, b.CheckIns, a.Run, b.Run)
 	}
 	_, c := runSim(t, Config{Devices: 80, Seed: 12})
 	if reflect.DeepEqual(a.Fleet, c.Fleet) && reflect.DeepEqual(a.Migration, c.Migration) {

@@ -22,6 +22,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"runtime/pprof"
 	"strconv"
 	"strings"
 	"syscall"
@@ -58,6 +59,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	timeline := fs.String("timeline", "", "write the timeline as CSV to this file")
 	plotFile := fs.String("plot", "", "draw the timeline as a PNG chart in this file")
 	quiet := fs.BoolP("quiet", "q", false, "no progress line")
+	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile of the run to this file (go tool pprof FILE)")
 	mqttURL := fs.String("mqtt", "", "run against a separately started mdm-broker serve at this MQTT address instead of in process: tcp://HOST:PORT (its --mqtt-tcp; connect tokens) or tls://HOST:PORT (its --mqtt; device certificates)")
 	adminURL := fs.String("admin", "http://127.0.0.1:8440", "with --mqtt: the service's admin API")
 	adminToken := fs.String("admin-token", "", "with --mqtt: the service's admin token file (DATA/admin.token of its --data directory)")
@@ -123,6 +125,19 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	}
 	if !*quiet && isTerminal(stderr) {
 		cfg.Progress = func(p fleetsim.Progress) { progressLine(stderr, p) }
+	}
+	if *cpuProfile != "" {
+		f, err := os.Create(*cpuProfile)
+		if err != nil {
+			fmt.Fprintf(stderr, "fleetsim: --cpuprofile: %v\n", err)
+			return 2
+		}
+		defer f.Close()
+		if err := pprof.StartCPUProfile(f); err != nil {
+			fmt.Fprintf(stderr, "fleetsim: --cpuprofile: %v\n", err)
+			return 2
+		}
+		defer pprof.StopCPUProfile()
 	}
 	r, err := fleetsim.Run(ctx, cfg)
 	if cfg.Progress != nil {

@@ -4,12 +4,18 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"image"
 	_ "image/png"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
+	"time"
+
+	"github.com/mdm-authority/mdm/broker"
+	"github.com/mdm-authority/mdm/fleetsim"
 )
 
 // TestReportKeys runs a small fleet from the command line and checks that
@@ -46,6 +52,7 @@ func TestReportKeys(t *testing.T) {
 		"profiles.overwritten", "profiles.redundant_devices_max", "profiles.gap_devices", "profiles.retained_at_end",
 		"validation.canary_authority", "validation.remote_lock",
 		"run.wall_s", "run.checkins_per_s", "run.peak_rss_bytes",
+		"run.burst_checkins_per_s", "run.connects_per_s", "run.connects", "run.restarts", "run.connect_errors", "run.sessions_lost",
 	} {
 		var v any = doc
 		for _, part := range strings.Split(key, ".") {
@@ -78,11 +85,111 @@ func TestReportKeys(t *testing.T) {
 }
 
 func TestFlagErrors(t *testing.T) {
-	for _, args := range [][]string{{"--mix", "ios=x"}, {"--mix", "nokia=3"}, {"extra"}, {"--scenario", "/nonexistent.json"}, {"--devices", "-5"}} {
+	for _, args := range [][]string{{"--mix", "ios=x"}, {"--mix", "nokia=3"}, {"extra"}, {"--scenario", "/nonexistent.json"}, {"--devices", "-5"},
+		{"--mqtt", "tcp://127.0.0.1:1"}, {"--mqtt", "tcp://127.0.0.1:1", "--admin-token", "/nonexistent"},
+		{"--mqtt", "tcp://127.0.0.1:1", "--admin-token", "main.go", "--enrollment-token", "main.go", "--shard", "2/2"}} {
 		var out, errOut bytes.Buffer
 		code := run(context.Background(), args, &out, &errOut)
 		if code == 0 || !strings.Contains(errOut.String(), "fleetsim:") {
 			t.Errorf("%q: exit %d, %q; want a failure that says what is wrong", args, code, errOut.String())
 		}
+	}
+}
+
+// TestExternalShards runs one fleet as two shards against a separately
+// started service on a scaled clock, one shard over plain MQTT with
+// connect tokens and one over TLS with device certificates, and checks
+// that together they move the whole fleet as in process.
+func TestExternalShards(t *testing.T) {
+	const scale = 900 // 10 virtual hours in 40 s
+	dir := t.TempDir()
+	clock, err := broker.NewScaledClock(time.Now(), scale)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ready := make(chan broker.ServerInfo, 1)
+	ctx, cancel := context.WithCancel(context.Background())
+	served := make(chan error, 1)
+	go func() {
+		served <- broker.RunServer(ctx, broker.ServerConfig{DataDir: filepath.Join(dir, "svc"), Tenant: "contoso",
+			MQTTAddr: "127.0.0.1:0", MQTTTCPAddr: "127.0.0.1:0", AdminAddr: "127.0.0.1:0",
+			PushRate: 2000, RetentionPeriod: 3 * time.Hour, Clock: clock, Ready: func(i broker.ServerInfo) { ready <- i }})
+	}()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-served; err != nil {
+			t.Errorf("service: %v", err)
+		}
+	})
+	var info broker.ServerInfo
+	select {
+	case info = <-ready:
+	case err := <-served:
+		t.Fatal(err)
+	}
+	scenario := filepath.Join(dir, "short.json")
+	os.WriteFile(scenario, []byte(`{"name": "short migration", "duration": "10h", "retention": "3h", "steps": [
+		{"at": "0s", "action": "set_authority", "authority": "office365"},
+		{"at": "0s", "action": "upload_apns", "authority": "office365"},
+		{"at": "0s", "action": "add_profile", "authority": "office365", "type": "email", "name": "Corp Mail"},
+		{"at": "1h", "action": "add_profile", "authority": "intune", "type": "email", "name": "Corp Mail", "settings": {"server": "mail.contoso.example"}},
+		{"at": "5h", "action": "set_authority", "authority": "intune"},
+		{"at": "5h30m", "action": "upload_apns", "authority": "intune"},
+		{"at": "8h", "action": "enroll_canary", "platform": "android"},
+		{"at": "8h1m", "action": "remote_lock"}]}`), 0o600)
+	start := clock.Now().Add(5 * time.Minute).Truncate(time.Second).Format(time.RFC3339)
+	urls := []string{"tcp://" + info.MQTTTCPAddr.String(), "tls://" + info.MQTTAddr.String()}
+	reports := make([]*fleetsim.Report, 2)
+	var wg sync.WaitGroup
+	for shard := range 2 {
+		wg.Go(func() {
+			file := filepath.Join(dir, fmt.Sprintf("r%d.json", shard))
+			var out, errOut bytes.Buffer
+			code := run(context.Background(), []string{"--devices", "40", "--seed", "6", "--intermittent", "0", "--powered-off", "0",
+				"--scenario", scenario, "--mqtt", urls[shard], "--admin", info.AdminURL, "--admin-token", info.AdminTokenFile,
+				"--tenant", "contoso", "--shard", fmt.Sprintf("%d/2", shard), "--start", start, "--report", file}, &out, &errOut)
+			if code != 0 {
+				t.Errorf("shard %d: exit %d: %s", shard, code, errOut.String())
+				return
+			}
+			b, err := os.ReadFile(file)
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			reports[shard] = &fleetsim.Report{}
+			if err := json.Unmarshal(b, reports[shard]); err != nil {
+				t.Error(err)
+			}
+		})
+	}
+	wg.Wait()
+	if t.Failed() {
+		return
+	}
+	devices := 0
+	for shard, r := range reports {
+		for _, n := range r.Fleet.ByPlatform {
+			devices += n
+		}
+		m := r.Migration
+		if m.Eligible == 0 || m.Migrated != m.Eligible || m.NotMigrated != 0 || m.StrandedUserless != r.Fleet.Userless {
+			t.Errorf("shard %d: migration %+v with %d userless; want every user-bound device moved, every userless one stranded", shard, m, r.Fleet.Userless)
+		}
+		if r.Profiles.Overwritten != m.Migrated || r.Profiles.RetainedAtEnd != 0 {
+			t.Errorf("shard %d: profiles %+v; want one overwrite per moved device, none retained at the end", shard, r.Profiles)
+		}
+		if want := fmt.Sprintf("%d/2", shard); r.Run.Shard != want || r.Run.Service != urls[shard] {
+			t.Errorf("shard %d: run %+v; want shard %s of %s", shard, r.Run, want, urls[shard])
+		}
+	}
+	if devices != 40 {
+		t.Errorf("the shards ran %d devices together; want the fleet's 40", devices)
+	}
+	if v := reports[0].Validation; v.CanaryAuthority != "intune" || v.RemoteLock != "acknowledged" {
+		t.Errorf("shard 0 validation %+v; want the canary on intune, its lock acknowledged", v)
+	}
+	if v := reports[1].Validation; v.CanaryAuthority != "no canary" {
+		t.Errorf("shard 1 validation %+v; the canary is shard 0's", v)
 	}
 }
