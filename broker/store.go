@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"sync"
 	"time"
 
 	"github.com/fxamacker/cbor/v2"
@@ -57,7 +58,8 @@ var (
 // Store is the service's durable state in one bbolt file: every committed
 // transaction survives a crash at any point.
 type Store struct {
-	db *bolt.DB
+	db    *bolt.DB
+	group *groupCommit // Volatile's batching; nil for bbolt's own
 }
 
 // OpenStore opens or creates the store file at path (mode 0600).
@@ -98,12 +100,14 @@ func OpenStore(path string) (*Store, error) {
 
 // Volatile trades durability for speed, for a store thrown away with its
 // process, such as the simulator's: commits are not synced to disk, and a
-// batch does not wait for company (writes that arrive together still share
-// a commit), since a simulated device waits for each answer in real time.
+// batch does not wait for company, since a simulated device waits for
+// each answer in real time: writes that arrive while a commit runs share
+// the next one (groupCommit).
 // Call it before the store is used.
 func (s *Store) Volatile() {
 	s.db.NoSync = true
 	s.db.MaxBatchDelay = 0
+	s.group = &groupCommit{}
 }
 
 // ClaimTenant binds the store to a tenant id on first use and refuses any
@@ -141,7 +145,83 @@ func (s *Store) Update(fn func(*Tx) error) error {
 // than once: it must act only on the transaction, or reset anything else
 // it sets at its start.
 func (s *Store) Batch(fn func(*Tx) error) error {
+	if s.group != nil {
+		return s.group.do(s.db, fn)
+	}
 	return s.db.Batch(func(tx *bolt.Tx) error { return fn(&Tx{tx}) })
+}
+
+// groupCommit batches without waiting: the first caller commits what has
+// gathered, and the calls that arrive meanwhile share the next commit.
+// With no fsync to amortise (Volatile), a timer would only add latency;
+// this takes whatever concurrency there is.
+type groupCommit struct {
+	mu      sync.Mutex
+	pending []groupCall
+	leading bool
+}
+
+type groupCall struct {
+	fn  func(*Tx) error
+	err chan error
+}
+
+// errSolo tells a call whose function failed in a shared commit to run
+// alone, as bbolt's Batch does.
+var errSolo = errors.New("run alone")
+
+func (g *groupCommit) do(db *bolt.DB, fn func(*Tx) error) error {
+	c := groupCall{fn: fn, err: make(chan error, 1)}
+	g.mu.Lock()
+	g.pending = append(g.pending, c)
+	lead := !g.leading
+	g.leading = true
+	g.mu.Unlock()
+	if lead {
+		for {
+			g.mu.Lock()
+			calls := g.pending
+			g.pending = nil
+			if len(calls) == 0 {
+				g.leading = false
+				g.mu.Unlock()
+				break
+			}
+			g.mu.Unlock()
+			commitGroup(db, calls)
+		}
+	}
+	err := <-c.err
+	if err == errSolo {
+		err = db.Update(func(tx *bolt.Tx) error { return fn(&Tx{tx}) })
+	}
+	return err
+}
+
+// commitGroup runs calls in one transaction; a call that fails is taken
+// out and told to run alone, and the rest run again.
+func commitGroup(db *bolt.DB, calls []groupCall) {
+	for len(calls) > 0 {
+		failed := -1
+		err := db.Update(func(tx *bolt.Tx) error {
+			for i, c := range calls {
+				if err := c.fn(&Tx{tx}); err != nil {
+					failed = i
+					return err
+				}
+			}
+			return nil
+		})
+		if failed >= 0 {
+			calls[failed].err <- errSolo
+			calls = append(calls[:failed:failed], calls[failed+1:]...)
+			continue
+		}
+		for _, c := range calls {
+			c.err <- err
+		}
+		return
+	}
 }
 
 // Tx is a store transaction with typed accessors.
