@@ -70,7 +70,16 @@ func (h *authHook) ID() string { return "mdm-auth" }
 
 // Provides implements mqtt.Hook.
 func (h *authHook) Provides(b byte) bool {
-	return bytes.Contains([]byte{mqtt.OnConnectAuthenticate, mqtt.OnACLCheck, mqtt.OnPublish, mqtt.OnPublishDropped}, []byte{b})
+	return bytes.Contains([]byte{mqtt.OnConnectAuthenticate, mqtt.OnACLCheck, mqtt.OnPublish, mqtt.OnPublishDropped,
+		mqtt.OnSessionEstablish}, []byte{b})
+}
+
+// OnSessionEstablish runs once a client has authenticated, before mochi
+// takes over an earlier connection with the same client id and lists the
+// new client: it waits until that earlier connection has let go (see
+// Broker.awaitRelease).
+func (h *authHook) OnSessionEstablish(cl *mqtt.Client, _ packets.Packet) {
+	h.broker.awaitRelease(cl)
 }
 
 // OnPublishDropped tells the broker's tracker that a message it counted

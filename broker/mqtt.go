@@ -232,6 +232,56 @@ func (b *Broker) connected(topic string) bool {
 	return b.Connected(id)
 }
 
+// releaseTimeout bounds the wait of a connecting client for the earlier
+// connection with its client id to let go; it takes microseconds unless
+// that connection's goroutine is stuck.
+const releaseTimeout = 5 * time.Second
+
+// awaitRelease waits until an earlier connection with cl's client id has
+// finished with its session, closing it first if it is still open.
+//
+// mochi (v2.7.9) ends a clean session in the goroutine of its connection,
+// after the connection closed: it drops the subscriptions, then deletes
+// the client from its list by client id. A client that connects again in
+// between (the device reconnects while the broker is still closing its
+// last connection, or mochi takes over a connection that is still open)
+// has its new entry deleted: the broker then delivers it nothing, neither
+// answers nor pushes, and cannot kick it, while its own messages still go
+// through, until it connects again. Waiting here, before mochi lists the
+// new client, leaves the earlier connection nothing to delete but itself.
+func (b *Broker) awaitRelease(cl *mqtt.Client) {
+	old, ok := b.server.Clients.Get(cl.ID)
+	if !ok || old == cl || old.Net.Inline || !sessionEnds(old) {
+		return // nothing listed, or a session that outlives its connection: mochi takes it over
+	}
+	if !old.Closed() {
+		// As mochi's takeover would, but before the new client is listed.
+		b.server.DisconnectClient(old, packets.ErrSessionTakenOver)
+	}
+	wait := 50 * time.Microsecond
+	for deadline := time.Now().Add(releaseTimeout); ; {
+		if cur, ok := b.server.Clients.Get(cl.ID); !ok || cur != old {
+			return
+		}
+		if time.Now().After(deadline) {
+			b.log.Warn("earlier connection still holds its session; connecting anyway", "client", cl.ID,
+				"remote", cl.Net.Remote, "earlier_remote", old.Net.Remote, "waited", releaseTimeout)
+			return
+		}
+		time.Sleep(wait)
+		wait = min(2*wait, 10*time.Millisecond)
+	}
+}
+
+// sessionEnds reports whether mochi ends cl's session when its connection
+// closes (a clean session), deleting cl from its client list.
+func sessionEnds(cl *mqtt.Client) bool {
+	if cl.Properties.ProtocolVersion == 5 {
+		return cl.Properties.Props.SessionExpiryInterval == 0
+	}
+	return cl.Properties.Clean
+}
+
 // connectTimeout bounds the time a network client has to finish the TLS
 // handshake and send MQTT CONNECT; after CONNECT the broker's keep-alive
 // deadlines take over.

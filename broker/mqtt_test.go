@@ -6,10 +6,13 @@ import (
 	"net"
 	"net/url"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	paho "github.com/eclipse/paho.mqtt.golang"
+	mqtt "github.com/mochi-mqtt/server/v2"
+	"github.com/mochi-mqtt/server/v2/packets"
 
 	"github.com/mdm-authority/mdm/protocol"
 )
@@ -69,6 +72,13 @@ func credentialsOf(t *testing.T, h *harness, clientID string) (string, string) {
 // credentials and returns the broker's refusal, if any.
 func pahoClientAs(t *testing.T, b *Broker, clientID, user, password string) (paho.Client, chan paho.Message, error) {
 	t.Helper()
+	return pahoClientOver(t, func(c net.Conn) { b.Connect(c) }, clientID, user, password)
+}
+
+// pahoClientOver is pahoClientAs with the broker's end of the pipe served
+// by serve, in a goroutine of its own.
+func pahoClientOver(t *testing.T, serve func(net.Conn), clientID, user, password string) (paho.Client, chan paho.Message, error) {
+	t.Helper()
 	msgs := make(chan paho.Message, 16)
 	opts := paho.NewClientOptions().
 		AddBroker("tcp://memory:1883").
@@ -80,7 +90,7 @@ func pahoClientAs(t *testing.T, b *Broker, clientID, user, password string) (pah
 		SetDefaultPublishHandler(func(_ paho.Client, m paho.Message) { msgs <- m }).
 		SetCustomOpenConnectionFn(func(*url.URL, paho.ClientOptions) (net.Conn, error) {
 			client, server := net.Pipe()
-			go b.Connect(server)
+			go serve(server)
 			return client, nil
 		})
 	if user != "" || password != "" {
@@ -216,6 +226,86 @@ func TestOverMQTT(t *testing.T) {
 	}
 	if _, _, err := h.svc.Device("d-other"); err == nil {
 		t.Error("a check-in published as another device reached the service")
+	}
+}
+
+// TestReconnectWhileClosing: a device that connects again while the
+// broker is still ending its previous session keeps the new one. mochi
+// ends a clean session after its connection closed: it drops the
+// subscriptions, then deletes the client from its list by client id. The
+// test holds the first connection in between until the second one is
+// listed, the interleaving in which the first deleted the second: the
+// device then got no answers (nor pushes) until it connected again.
+func TestReconnectWhileClosing(t *testing.T) {
+	h := newHarness(t)
+	b, _ := newTestBroker(t, h, false)
+	mustDo(t, h.svc.SetAuthority, ModeOffice365)
+	dev := h.mustEnroll(protocol.PlatformAndroid, "ada@contoso.example")
+	downlink := protocol.DownlinkTopic("contoso", dev.id)
+	user, password := credentialsOf(t, h, dev.id)
+
+	ended := make(chan struct{}) // the broker is done with the first connection
+	first, _, err := pahoClientOver(t, func(c net.Conn) { b.Connect(c); close(ended) }, dev.id, user, password)
+	if err != nil {
+		t.Fatal(err)
+	}
+	subscribe(t, first, downlink)
+	old, _ := b.server.Clients.Get(dev.id)
+	hold := &holdCleanup{server: b.server, client: old, holding: make(chan struct{})}
+	if err := b.server.AddHook(hold, nil); err != nil {
+		t.Fatal(err)
+	}
+	first.Disconnect(0)
+	select {
+	case <-hold.holding:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the broker did not end the first session")
+	}
+
+	second, msgs := pahoClient(t, h, b, dev.id)
+	select {
+	case <-ended:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the broker did not let the first connection go")
+	}
+	if !b.Connected(dev.id) {
+		t.Fatal("the second session is not listed once the first has ended: the broker would deliver it nothing")
+	}
+	subscribe(t, second, downlink)
+	publish(t, h, second, protocol.UplinkTopic("contoso", dev.id), dev.id,
+		&protocol.CheckIn{Reason: protocol.CheckInScheduled, CertificateExpiry: protocol.At(testStart.AddDate(1, 0, 0))})
+	if resp, _ := receive[*protocol.CheckInResponse](t, msgs, downlink); resp.Error != protocol.CodeNone {
+		t.Errorf("check-in response = %+v; want success", resp)
+	}
+}
+
+// holdCleanup holds mochi's end of one client's session after it has
+// dropped the client's subscriptions and before it deletes the client
+// from its list, until another client with that id is listed, for at most
+// holdFor.
+type holdCleanup struct {
+	mqtt.HookBase
+	server  *mqtt.Server
+	client  *mqtt.Client
+	holding chan struct{} // closed when the hold starts
+	held    atomic.Bool   // not a sync.Once: a takeover calls the hook again while it holds
+}
+
+const holdFor = 200 * time.Millisecond
+
+func (h *holdCleanup) ID() string { return "hold-cleanup" }
+
+func (h *holdCleanup) Provides(b byte) bool { return b == mqtt.OnUnsubscribed }
+
+func (h *holdCleanup) OnUnsubscribed(cl *mqtt.Client, _ packets.Packet) {
+	if cl != h.client || !h.held.CompareAndSwap(false, true) {
+		return
+	}
+	close(h.holding)
+	for deadline := time.Now().Add(holdFor); time.Now().Before(deadline); time.Sleep(time.Millisecond) {
+		if cur, ok := h.server.Clients.Get(cl.ID); ok && cur != cl {
+			return
+		}
 	}
 }
 
