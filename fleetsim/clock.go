@@ -121,6 +121,14 @@ func (t *timers) next() (event, bool) {
 	return heap.Pop(&t.h).(event), true
 }
 
+// peekEvent returns the next event without taking it.
+func (t *timers) peekEvent() (event, bool) {
+	if len(t.h) == 0 {
+		return event{}, false
+	}
+	return t.h[0], true
+}
+
 func (t *timers) peek() (time.Time, bool) {
 	if len(t.h) == 0 {
 		return time.Time{}, false

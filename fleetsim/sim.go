@@ -889,12 +889,23 @@ func (s *sim) loop(ctx context.Context) error {
 		if at.After(s.clock.Now()) {
 			s.clock.set(at)
 		}
-		// One timer at a time, settling in between: what it set off is
-		// handled before the next timer of the same instant runs, so the
-		// order of events never depends on how fast messages travel.
+		// One timer at a time, settling in between, so that what it set
+		// off is handled before the next timer of the same instant runs;
+		// but the devices' own wake-ups of one instant together, as one
+		// batch for the service: they do not affect each other.
 		e, _ := s.timers.next()
 		if err := s.fire(e); err != nil {
 			return err
+		}
+		for e.kind == evDevice {
+			n, ok := s.timers.peekEvent()
+			if !ok || n.kind != evDevice || !n.at.Equal(e.at) {
+				break
+			}
+			s.timers.next()
+			if err := s.fire(n); err != nil {
+				return err
+			}
 		}
 		s.observe()
 		if s.cfg.Progress != nil && time.Since(lastProgress) >= time.Second {
