@@ -32,4 +32,11 @@
 // connections and topic accesses. The admin API (NewAdminHandler) needs
 // the bearer token on every endpoint but GET /healthz and decodes bodies
 // strictly (protocol.DecodeJSON).
+//
+// Reconnections: mochi (v2.7.9) ends a clean session after its
+// connection closed, deleting the client from its list by client id; a
+// device that connected again in between lost its new entry and got
+// nothing more from the broker until its next connection. The broker's
+// hook makes a connecting client wait until the earlier connection has
+// let go (Broker.awaitRelease, TestReconnectWhileClosing).
 package broker
