@@ -36,6 +36,26 @@ type ServerConfig struct {
 	// MQTTTCPAllowRemote is set.
 	MQTTTCPAddr        string
 	MQTTTCPAllowRemote bool
+	// MQTTURL, when set, makes the service a client of an external MQTT
+	// broker at this address (tls://HOST:PORT) instead of embedding one
+	// (see Remote); MQTTAddr, MQTTNames and MQTTTCPAddr are then unused.
+	// The broker authenticates the devices and keeps them to their own
+	// topics (scripts/mosquitto configures Mosquitto to), checking
+	// certificates on real time: on a ScaledClock, start the clock in the
+	// past by at least the length of the run, or the device certificates
+	// the service issues are not yet valid there. Removing a device does
+	// not end its session on such a broker.
+	MQTTURL string
+	// MQTTCertFile and MQTTKeyFile are the service's TLS client
+	// certificate and key (PEM) for the external broker. By default the
+	// service issues itself one from its CA at each connection, with the
+	// common name ServiceIdentity (mdm-broker cert service writes the same
+	// kind to files).
+	MQTTCertFile, MQTTKeyFile string
+	// MQTTCAFile is the CA certificate (PEM) the external broker's server
+	// certificate is checked against; default the service CA, which signs
+	// the one mdm-broker cert server writes.
+	MQTTCAFile string
 	// AdminAddr is where the admin HTTP API listens, such as
 	// "127.0.0.1:8440". It speaks plain HTTP, so it must be a loopback
 	// address unless AdminAllowRemote is set.
@@ -60,7 +80,12 @@ type ServerConfig struct {
 
 // ServerInfo tells where a running server listens and keeps its files.
 type ServerInfo struct {
+	// MQTTAddr is the embedded broker's TLS listener; nil on an external
+	// broker.
 	MQTTAddr net.Addr
+	// MQTTURL is the external broker the service is a client of; empty
+	// with the embedded broker.
+	MQTTURL string
 	// MQTTTCPAddr is the plain-MQTT listener's address; nil without one.
 	MQTTTCPAddr         net.Addr
 	AdminURL            string
@@ -78,7 +103,8 @@ type ServerInfo struct {
 const fanOutInterval = 100 * time.Millisecond
 
 // RunServer runs the management service until ctx is done: the store and
-// CA in cfg.DataDir, the embedded MQTT broker over TLS, the admin API, the
+// CA in cfg.DataDir, the embedded MQTT broker over TLS (or, with
+// cfg.MQTTURL, a client of an external broker), the admin API, the
 // rate-limited fan-out and hourly housekeeping. On the first start it
 // creates the CA, an admin token and an enrollment token, each in a file
 // only the owner can read. It returns nil after a clean shutdown.
@@ -97,6 +123,9 @@ func RunServer(ctx context.Context, cfg ServerConfig) error {
 	}
 	if !cfg.AdminAllowRemote && !loopback(cfg.AdminAddr) {
 		return fmt.Errorf("admin API on %s: it speaks plain HTTP, so its token would cross the network in cleartext; use a loopback address (127.0.0.1:8440) or pass --admin-allow-remote behind a TLS proxy", cfg.AdminAddr)
+	}
+	if cfg.MQTTURL != "" && cfg.MQTTTCPAddr != "" {
+		return fmt.Errorf("plain MQTT on %s: the service serves no listener of its own on an external broker (%s); configure the broker's listeners instead", cfg.MQTTTCPAddr, cfg.MQTTURL)
 	}
 	if cfg.MQTTTCPAddr != "" && !cfg.MQTTTCPAllowRemote && !loopback(cfg.MQTTTCPAddr) {
 		return fmt.Errorf("plain MQTT on %s: device connect tokens and the enrollment token would cross the network in cleartext; use a loopback address (127.0.0.1:1883), MQTT over TLS (--mqtt), or pass --mqtt-tcp-allow-remote on a trusted network or behind a TLS proxy", cfg.MQTTTCPAddr)
@@ -140,33 +169,31 @@ func RunServer(ctx context.Context, cfg ServerConfig) error {
 		return err
 	}
 
-	b, err := NewBroker(svc, cfg.Logger)
-	if err != nil {
-		return err
-	}
-	names := []string{"localhost", "127.0.0.1", "::1"}
-	if host, _, _ := net.SplitHostPort(cfg.MQTTAddr); host != "" {
-		if ip := net.ParseIP(host); ip == nil || !ip.IsUnspecified() {
-			names = append(names, host)
-		}
-	}
-	for _, n := range cfg.MQTTNames {
-		if !slices.Contains(names, n) {
-			names = append(names, n)
-		}
-	}
-	if info.MQTTAddr, err = b.ListenTLS(cfg.MQTTAddr, names); err != nil {
-		return err
-	}
-	if cfg.MQTTTCPAddr != "" {
-		if info.MQTTTCPAddr, err = b.ListenTCP(cfg.MQTTTCPAddr); err != nil {
+	var pub publisher
+	if cfg.MQTTURL != "" {
+		tlsConf, err := remoteTLS(cfg, ca, tenant)
+		if err != nil {
 			return err
 		}
+		remote, err := NewRemote(svc, RemoteConfig{URL: cfg.MQTTURL, TLS: tlsConf, Logger: cfg.Logger})
+		if err != nil {
+			return err
+		}
+		if err := remote.start(ctx); err != nil {
+			return err
+		}
+		// Deferred, so that it runs once the fan-out has stopped
+		// publishing.
+		defer remote.stop()
+		info.MQTTURL, pub = remote.cfg.URL, remote
+	} else {
+		b, err := serveEmbedded(cfg, svc, &info)
+		if err != nil {
+			return err
+		}
+		defer b.Close()
+		pub = b
 	}
-	if err := b.Serve(); err != nil {
-		return fmt.Errorf("start MQTT broker: %w", err)
-	}
-	defer b.Close()
 
 	adminLn, err := net.Listen("tcp", cfg.AdminAddr)
 	if err != nil {
@@ -196,7 +223,7 @@ func RunServer(ctx context.Context, cfg ServerConfig) error {
 		interval, perTick := fanOutPace(cfg.PushRate, scale)
 		t := time.NewTicker(interval)
 		defer t.Stop()
-		err := b.RunFanOut(ctx, t.C, perTick)
+		err := runFanOut(ctx, svc, pub, cfg.Logger, t.C, perTick)
 		if errors.Is(err, context.Canceled) {
 			return nil
 		}
@@ -222,6 +249,37 @@ func RunServer(ctx context.Context, cfg ServerConfig) error {
 		cfg.Ready(info)
 	}
 	return g.Wait()
+}
+
+// serveEmbedded starts the embedded broker and its listeners.
+func serveEmbedded(cfg ServerConfig, svc *Service, info *ServerInfo) (*Broker, error) {
+	b, err := NewBroker(svc, cfg.Logger)
+	if err != nil {
+		return nil, err
+	}
+	names := []string{"localhost", "127.0.0.1", "::1"}
+	if host, _, _ := net.SplitHostPort(cfg.MQTTAddr); host != "" {
+		if ip := net.ParseIP(host); ip == nil || !ip.IsUnspecified() {
+			names = append(names, host)
+		}
+	}
+	for _, n := range cfg.MQTTNames {
+		if !slices.Contains(names, n) {
+			names = append(names, n)
+		}
+	}
+	if info.MQTTAddr, err = b.ListenTLS(cfg.MQTTAddr, names); err != nil {
+		return nil, err
+	}
+	if cfg.MQTTTCPAddr != "" {
+		if info.MQTTTCPAddr, err = b.ListenTCP(cfg.MQTTTCPAddr); err != nil {
+			return nil, err
+		}
+	}
+	if err := b.Serve(); err != nil {
+		return nil, fmt.Errorf("start MQTT broker: %w", err)
+	}
+	return b, nil
 }
 
 // fanOutPace spreads a rate of pushes per second over ticks: ten a second

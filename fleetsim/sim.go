@@ -78,6 +78,11 @@ type External struct {
 	// where devices authenticate with their connect token) or
 	// tls://host:port (devices present their certificates).
 	MQTT string
+	// EnrollMQTT, when set, is where enrolling clients connect instead of
+	// MQTT: a broker that takes identities from client certificates on
+	// one listener and passwords on another (Mosquitto, see
+	// scripts/mosquitto) has enrolling clients on a listener of their own.
+	EnrollMQTT string
 	// RootCAs trusts the service's TLS listener; for tls:// only.
 	RootCAs *x509.CertPool
 	// Admin is the client of the service's admin API.
@@ -292,6 +297,11 @@ func (s *sim) external(e *External) error {
 	if err != nil || u.Host == "" || (u.Scheme != "tcp" && u.Scheme != "tls" && u.Scheme != "ssl" && u.Scheme != "mqtt" && u.Scheme != "mqtts") {
 		return fmt.Errorf("MQTT address %q: want tcp://host:port (plain MQTT with connect tokens) or tls://host:port (device certificates)", e.MQTT)
 	}
+	if e.EnrollMQTT != "" {
+		if u, err := url.Parse(e.EnrollMQTT); err != nil || u.Host == "" || u.Scheme != "tls" && u.Scheme != "ssl" && u.Scheme != "mqtts" && u.Scheme != "tcp" && u.Scheme != "mqtt" {
+			return fmt.Errorf("enrollment MQTT address %q: want tls://host:port or tcp://host:port", e.EnrollMQTT)
+		}
+	}
 	if e.EnrollmentToken == "" {
 		return errors.New("no enrollment token: pass the service's enrollment token file (DATA/enrollment.token)")
 	}
@@ -482,7 +492,14 @@ func seedBytes(seed uint64, stream byte) [32]byte {
 // broker serves, in external mode over TCP or TLS (with cert, the
 // device's certificate).
 func (s *sim) dial(clientID, user, password, topic string, cert *tls.Certificate, onMessage func(payload []byte)) (*mqttConn, error) {
-	nc, err := s.netConn(cert)
+	addr := ""
+	if s.ext != nil {
+		addr = s.ext.MQTT
+		if cert == nil && s.ext.EnrollMQTT != "" {
+			addr = s.ext.EnrollMQTT
+		}
+	}
+	nc, err := s.netConn(addr, cert)
 	if err != nil {
 		return nil, fmt.Errorf("connect %s: %w", clientID, err)
 	}
@@ -490,13 +507,13 @@ func (s *sim) dial(clientID, user, password, topic string, cert *tls.Certificate
 }
 
 // netConn opens the connection under a device's MQTT session.
-func (s *sim) netConn(cert *tls.Certificate) (net.Conn, error) {
+func (s *sim) netConn(addr string, cert *tls.Certificate) (net.Conn, error) {
 	if s.ext == nil {
 		client, server := net.Pipe()
 		go s.b.Connect(server)
 		return client, nil
 	}
-	u, _ := url.Parse(s.ext.MQTT)
+	u, _ := url.Parse(addr)
 	d := net.Dialer{Timeout: 30 * time.Second, KeepAlive: time.Minute}
 	if u.Scheme == "tcp" || u.Scheme == "mqtt" {
 		return d.Dial("tcp", u.Host)

@@ -63,6 +63,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	quiet := fs.BoolP("quiet", "q", false, "no progress line")
 	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile of the run to this file (go tool pprof FILE)")
 	mqttURL := fs.String("mqtt", "", "run against a separately started mdm-broker serve at this MQTT address instead of in process: tcp://HOST:PORT (its --mqtt-tcp; connect tokens) or tls://HOST:PORT (its --mqtt; device certificates)")
+	enrollURL := fs.String("mqtt-enroll", "", "with --mqtt: where enrolling clients connect, when the broker takes them on a listener of their own (Mosquitto: see scripts/mosquitto); default --mqtt")
 	adminURL := fs.String("admin", "http://127.0.0.1:8440", "with --mqtt: the service's admin API")
 	adminToken := fs.String("admin-token", "", "with --mqtt: the service's admin token file (DATA/admin.token of its --data directory)")
 	enrollToken := fs.String("enrollment-token", "", "with --mqtt: the service's enrollment token file (default enrollment.token beside the admin token)")
@@ -109,6 +110,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 			fmt.Fprintf(stderr, "fleetsim: %v\n", err)
 			return 2
 		}
+		ext.EnrollMQTT = *enrollURL
 		cfg.External = ext
 		var clock broker.ClockInfo
 		if err := ext.Admin.Do(ctx, "GET", "/v1/clock", nil, &clock); err != nil {
