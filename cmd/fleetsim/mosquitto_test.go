@@ -728,11 +728,6 @@ func TestMosquittoFleet(t *testing.T) {
 	if raceDetector {
 		t.Skip("on a clock 3,600 times real time the race detector's slowdown would distort the scenario; run it without -race")
 	}
-	var help bytes.Buffer
-	run(context.Background(), []string{"--help"}, &help, &help)
-	if !strings.Contains(help.String(), "--mqtt-enroll") {
-		t.Skip("fleetsim has no --mqtt-enroll yet: Mosquitto takes enrolling clients on a listener of their own (see scripts/mosquitto)")
-	}
 	const scale = broker.MaxTimeScale // 8 virtual days in 3 min 12 s
 	// Mosquitto checks certificates on real time: the service's time must
 	// stay behind it for the whole run, or the device certificates it
