@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"cmp"
 	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
@@ -23,6 +24,11 @@ type EnrollOptions struct {
 	Dir string
 	// Broker is the service's MQTT URL, mqtts://HOST:PORT.
 	Broker string
+	// EnrollBroker, when set, is where the device enrolls instead of
+	// Broker: a broker that takes device identities from certificates
+	// on one listener and enrolling clients with a password on another
+	// (Mosquitto, see scripts/mosquitto). Broker is still the one kept.
+	EnrollBroker string
 	// Tenant is the tenant id the service serves.
 	Tenant string
 	// Token is the tenant's enrollment token.
@@ -122,7 +128,7 @@ func Enroll(ctx context.Context, o EnrollOptions) (*State, error) {
 	req := &protocol.EnrollRequest{CSR: csr, Token: o.Token, Platform: o.Platform, OSVersion: o.OSVersion, User: o.User, Type: typ, Name: o.Name}
 
 	s, err := dial(ctx, sessionConfig{
-		broker: o.Broker, tls: &tls.Config{RootCAs: o.CA},
+		broker: cmp.Or(o.EnrollBroker, o.Broker), tls: &tls.Config{RootCAs: o.CA},
 		clientID: protocol.EnrollClientPrefix + request, username: "enroll", password: o.Token,
 	})
 	if err != nil {

@@ -28,6 +28,7 @@ import (
 
 	paho "github.com/eclipse/paho.mqtt.golang"
 
+	"github.com/mdm-authority/mdm/agent"
 	"github.com/mdm-authority/mdm/broker"
 	"github.com/mdm-authority/mdm/fleetsim"
 	"github.com/mdm-authority/mdm/protocol"
@@ -771,4 +772,49 @@ func TestMosquittoFleet(t *testing.T) {
 	if r.Run.Service != "tls://"+s.m.devices {
 		t.Errorf("run %+v; want against tls://%s", r.Run, s.m.devices)
 	}
+}
+
+// TestMosquittoAgent: the device agent enrolls through Mosquitto's
+// enrollment listener (--enroll-broker), then runs against its devices'
+// listener with its certificate and checks in under the authority.
+func TestMosquittoAgent(t *testing.T) {
+	s := startMosquittoService(t, nil, 100)
+	if err := s.admin.Do(context.Background(), "PUT", "/v1/authority", map[string]string{"mode": "intune"}, nil); err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	st, err := agent.Enroll(ctx, agent.EnrollOptions{Dir: dir, Broker: "mqtts://" + s.m.devices, EnrollBroker: "mqtts://" + s.m.enroll,
+		Tenant: mosqTenant, Token: s.token, CA: s.roots, User: "ada@contoso.example", Platform: protocol.PlatformAndroid, Name: "vm", OSVersion: "14"})
+	if err != nil {
+		t.Fatalf("enroll through the enrollment listener: %v", err)
+	}
+	if st.Broker != "mqtts://"+s.m.devices {
+		t.Errorf("the agent keeps broker %q; want the devices' listener", st.Broker)
+	}
+	if _, err := agent.Enroll(ctx, agent.EnrollOptions{Dir: t.TempDir(), Broker: "mqtts://" + s.m.devices,
+		Tenant: mosqTenant, Token: s.token, CA: s.roots, User: "bob@contoso.example", Platform: protocol.PlatformAndroid, Timeout: 5 * time.Second}); err == nil {
+		t.Error("an enrollment on the devices' listener (no client certificate) succeeded; Mosquitto should refuse it")
+	}
+	done := make(chan error, 1)
+	go func() { done <- agent.Run(ctx, agent.Options{Dir: dir}) }()
+	for {
+		got, err := agent.LoadState(dir)
+		if err == nil && !got.LastCheckIn.IsZero() {
+			if got.Authority != protocol.AuthorityIntune {
+				t.Errorf("checked in under %s; want intune", got.Authority)
+			}
+			break
+		}
+		select {
+		case err := <-done:
+			t.Fatalf("the agent stopped before a check-in: %v", err)
+		case <-ctx.Done():
+			t.Fatal("no check-in through Mosquitto within a minute")
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+	cancel()
+	<-done
 }

@@ -66,6 +66,7 @@ func enroll(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	c := newCommand("enroll", "--broker URL --ca FILE (--token TOKEN | --token-file FILE) [flags]",
 		"Enrolls this device: generates its private key (kept owner-only in the state\ndirectory), sends a signing request with the enrollment token, and stores the\nMDM certificate the service issues. Then start the agent with mdm-agent run.")
 	broker := c.fs.String("broker", "", "the service's MQTT URL, mqtts://HOST:PORT (required)")
+	enrollBroker := c.fs.String("enroll-broker", "", "where to enroll, when the broker takes enrolling clients on a listener of their own (Mosquitto: scripts/mosquitto, port 8884); default --broker")
 	caFile := c.fs.String("ca", "", "the service's CA certificate, PEM: the ca.crt in the service's data directory (required)")
 	token := c.fs.String("token", "", "the tenant's enrollment token (visible in the process list: prefer --token-file)")
 	tokenFile := c.fs.String("token-file", "", "a file holding the enrollment token")
@@ -109,7 +110,7 @@ func enroll(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 		*osVersion, _ = agent.ReadOSRelease("/etc/os-release")
 	}
 	st, err := agent.Enroll(ctx, agent.EnrollOptions{
-		Dir: *c.state, Broker: *broker, Tenant: *tenant, Token: *token, CA: roots,
+		Dir: *c.state, Broker: *broker, EnrollBroker: *enrollBroker, Tenant: *tenant, Token: *token, CA: roots,
 		User: *user, Platform: p, Name: *name, OSVersion: *osVersion,
 	})
 	if err != nil {
