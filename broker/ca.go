@@ -498,17 +498,6 @@ func (ca *CA) ServerCertificate(names []string, ips []net.IP, now time.Time, val
 			return tls.Certificate{}, errors.New("issue server certificate: empty DNS name")
 		}
 	}
-	if validity <= 0 {
-		return tls.Certificate{}, fmt.Errorf("issue server certificate: validity %v is not positive", validity)
-	}
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		return tls.Certificate{}, fmt.Errorf("issue server certificate: %w", err)
-	}
-	serial, err := caSerial()
-	if err != nil {
-		return tls.Certificate{}, fmt.Errorf("issue server certificate: %w", err)
-	}
 	// Clients match SANs only; the CN is for people reading the
 	// certificate.
 	var cn string
@@ -517,26 +506,37 @@ func (ca *CA) ServerCertificate(names []string, ips []net.IP, now time.Time, val
 	} else {
 		cn = ips[0].String()
 	}
-	tmpl := &x509.Certificate{
-		SerialNumber:          serial,
-		Subject:               pkix.Name{CommonName: cn},
-		DNSNames:              slices.Clone(names),
-		IPAddresses:           slices.Clone(ips),
-		NotBefore:             now.Add(-caClockSkew),
-		NotAfter:              now.Add(validity),
-		KeyUsage:              x509.KeyUsageDigitalSignature,
-		ExtKeyUsage:           []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-		BasicConstraintsValid: true,
+	return ca.leafCertificate("server", &x509.Certificate{
+		Subject:     pkix.Name{CommonName: cn},
+		DNSNames:    slices.Clone(names),
+		IPAddresses: slices.Clone(ips),
+		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+	}, now, validity)
+}
+
+// leafCertificate issues tmpl (its subject, names and extended key usage)
+// with a fresh ECDSA P-256 key, a serial, and a validity from a little
+// before now until now+validity. The result carries the leaf and the CA
+// certificate as its chain, and Leaf is set. what names the kind in
+// errors.
+func (ca *CA) leafCertificate(what string, tmpl *x509.Certificate, now time.Time, validity time.Duration) (tls.Certificate, error) {
+	if validity <= 0 {
+		return tls.Certificate{}, fmt.Errorf("issue %s certificate: validity %v is not positive", what, validity)
 	}
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return tls.Certificate{}, fmt.Errorf("issue %s certificate: %w", what, err)
+	}
+	if tmpl.SerialNumber, err = caSerial(); err != nil {
+		return tls.Certificate{}, fmt.Errorf("issue %s certificate: %w", what, err)
+	}
+	tmpl.NotBefore, tmpl.NotAfter = now.Add(-caClockSkew), now.Add(validity)
+	tmpl.KeyUsage, tmpl.BasicConstraintsValid = x509.KeyUsageDigitalSignature, true
 	der, cert, err := ca.issue(tmpl, &key.PublicKey)
 	if err != nil {
-		return tls.Certificate{}, fmt.Errorf("issue server certificate: %w", err)
+		return tls.Certificate{}, fmt.Errorf("issue %s certificate: %w", what, err)
 	}
-	return tls.Certificate{
-		Certificate: [][]byte{der, ca.CertificateDER()},
-		PrivateKey:  key,
-		Leaf:        cert,
-	}, nil
+	return tls.Certificate{Certificate: [][]byte{der, ca.CertificateDER()}, PrivateKey: key, Leaf: cert}, nil
 }
 
 // DeviceIdentity returns the tenant and device named by a certificate that

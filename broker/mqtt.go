@@ -323,18 +323,5 @@ func (b *Broker) PublishDuePushes(max int) (int, error) {
 // fleet from flooding the broker. The ticks come from the caller (a
 // time.Ticker in the service, a test's channel in tests).
 func (b *Broker) RunFanOut(ctx context.Context, ticks <-chan time.Time, perTick int) error {
-	for {
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-ticks:
-			n, err := b.PublishDuePushes(perTick)
-			if err != nil {
-				return fmt.Errorf("fan-out: %w", err)
-			}
-			if n > 0 {
-				b.log.Debug("pushes published", "count", n)
-			}
-		}
-	}
+	return runFanOut(ctx, b.svc, b, b.log, ticks, perTick)
 }

@@ -2,9 +2,6 @@ package broker
 
 import (
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
@@ -341,35 +338,10 @@ func (ca *CA) ServiceCertificate(tenant string, now time.Time, validity time.Dur
 	if err := protocol.ValidID(tenant); err != nil {
 		return tls.Certificate{}, fmt.Errorf("issue service certificate: tenant: %w", err)
 	}
-	return ca.clientCertificate(pkix.Name{CommonName: ServiceIdentity, Organization: []string{tenant}}, now, validity)
-}
-
-func (ca *CA) clientCertificate(subject pkix.Name, now time.Time, validity time.Duration) (tls.Certificate, error) {
-	if validity <= 0 {
-		return tls.Certificate{}, fmt.Errorf("issue client certificate: validity %v is not positive", validity)
-	}
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		return tls.Certificate{}, fmt.Errorf("issue client certificate: %w", err)
-	}
-	serial, err := caSerial()
-	if err != nil {
-		return tls.Certificate{}, fmt.Errorf("issue client certificate: %w", err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber:          serial,
-		Subject:               subject,
-		NotBefore:             now.Add(-caClockSkew),
-		NotAfter:              now.Add(validity),
-		KeyUsage:              x509.KeyUsageDigitalSignature,
-		ExtKeyUsage:           []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
-		BasicConstraintsValid: true,
-	}
-	der, cert, err := ca.issue(tmpl, &key.PublicKey)
-	if err != nil {
-		return tls.Certificate{}, fmt.Errorf("issue client certificate: %w", err)
-	}
-	return tls.Certificate{Certificate: [][]byte{der, ca.CertificateDER()}, PrivateKey: key, Leaf: cert}, nil
+	return ca.leafCertificate("service", &x509.Certificate{
+		Subject:     pkix.Name{CommonName: ServiceIdentity, Organization: []string{tenant}},
+		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
+	}, now, validity)
 }
 
 // serviceCertValidity is the lifetime of the client certificate the

@@ -177,13 +177,14 @@ type sim struct {
 	canary     int
 	end        time.Time
 	realStart  time.Time
-	enrolling  rateWindow // connects while the fleet enrolls
-	burst      rateWindow // check-ins in the migration burst
-	dir        string     // the service's store and CA
-	tempDir    string     // the store's directory when the run made it
-	down       bool       // a restart step has stopped the broker
-	svcDown    bool       // and the service
-	restarts   int        // restart steps so far
+	enrolling  rateWindow  // connects while the fleet enrolls
+	burst      rateWindow  // check-ins in the migration burst
+	dir        string      // the service's store and CA
+	tempDir    string      // the store's directory when the run made it
+	down       bool        // a restart step has stopped the broker
+	svcDown    bool        // and the service
+	restarts   int         // restart steps so far
+	retryRand  *mrand.Rand // reconnection delays, from the seed
 }
 
 // Run runs the scenario over a simulated fleet and reports what happened.
@@ -250,7 +251,7 @@ func newSim(cfg Config) (*sim, error) {
 		return nil, fmt.Errorf("resolution %s: want up to 1h", cfg.Resolution)
 	}
 	s := &sim{cfg: cfg, sc: cfg.Scenario, clock: &Clock{now: virtualStart}, work: newWork(), canary: -1, realStart: time.Now(),
-		tenant: "contoso", start: virtualStart}
+		tenant: "contoso", start: virtualStart, retryRand: mrand.New(mrand.NewPCG(cfg.Seed, 0x7265747279))}
 	if cfg.External != nil {
 		if err := s.external(cfg.External); err != nil {
 			return nil, err
@@ -293,13 +294,12 @@ func (s *sim) external(e *External) error {
 	if err := protocol.ValidID(e.Tenant); err != nil {
 		return fmt.Errorf("tenant %q: %w", e.Tenant, err)
 	}
-	u, err := url.Parse(e.MQTT)
-	if err != nil || u.Host == "" || (u.Scheme != "tcp" && u.Scheme != "tls" && u.Scheme != "ssl" && u.Scheme != "mqtt" && u.Scheme != "mqtts") {
-		return fmt.Errorf("MQTT address %q: want tcp://host:port (plain MQTT with connect tokens) or tls://host:port (device certificates)", e.MQTT)
+	if err := CheckMQTTURL(e.MQTT); err != nil {
+		return err
 	}
 	if e.EnrollMQTT != "" {
-		if u, err := url.Parse(e.EnrollMQTT); err != nil || u.Host == "" || u.Scheme != "tls" && u.Scheme != "ssl" && u.Scheme != "mqtts" && u.Scheme != "tcp" && u.Scheme != "mqtt" {
-			return fmt.Errorf("enrollment MQTT address %q: want tls://host:port or tcp://host:port", e.EnrollMQTT)
+		if err := CheckMQTTURL(e.EnrollMQTT); err != nil {
+			return fmt.Errorf("enrollment: %w", err)
 		}
 	}
 	if e.EnrollmentToken == "" {
@@ -377,6 +377,18 @@ func (s *sim) observe() {
 	now := s.clock.Now()
 	s.enrolling.observe(now, s.stats.connects)
 	s.burst.observe(now, s.stats.checkInsSent)
+}
+
+// CheckMQTTURL checks an MQTT address of a separate service:
+// tcp://HOST:PORT (plain MQTT, devices send their connect tokens) or
+// tls://HOST:PORT (devices present their certificates); mqtt:// and
+// ssl:// or mqtts:// are taken as the same.
+func CheckMQTTURL(addr string) error {
+	u, err := url.Parse(addr)
+	if err != nil || u.Host == "" || !slices.Contains([]string{"tcp", "mqtt", "tls", "ssl", "mqtts"}, u.Scheme) {
+		return fmt.Errorf("MQTT address %q: want tcp://HOST:PORT (plain MQTT, connect tokens) or tls://HOST:PORT (device certificates)", addr)
+	}
+	return nil
 }
 
 // runs reports whether this simulator runs the device of the fleet's
@@ -730,7 +742,7 @@ func (s *sim) lose(d *simDevice, c *mqttConn) {
 // seconds from now.
 func (s *sim) retryConnect(d *simDevice) {
 	d.retry = true
-	s.timers.add(s.clock.Now().Add(time.Second+time.Duration(mrand.Int64N(int64(29*time.Second)))), evReconnect, d.idx)
+	s.timers.add(s.clock.Now().Add(time.Second+time.Duration(s.retryRand.Int64N(int64(29*time.Second)))), evReconnect, d.idx)
 }
 
 // receive queues a message a device received; the loop handles it.
@@ -890,7 +902,7 @@ func (s *sim) loop(ctx context.Context) error {
 	if s.ext != nil {
 		return s.loopShared(ctx)
 	}
-	lastProgress, lastCheckIns := time.Now(), 0
+	meter := progressMeter{last: time.Now()}
 	for {
 		if err := s.settle(ctx); err != nil {
 			return err
@@ -925,19 +937,31 @@ func (s *sim) loop(ctx context.Context) error {
 			}
 		}
 		s.observe()
-		if s.cfg.Progress != nil && time.Since(lastProgress) >= time.Second {
-			s.cfg.Progress(Progress{Virtual: s.clock.Now().Sub(s.start), End: time.Duration(s.sc.Duration),
-				ByAuthority: s.byAuthority(), CheckInsPS: float64(s.stats.checkInsSent-lastCheckIns) / time.Since(lastProgress).Seconds()})
-			lastProgress, lastCheckIns = time.Now(), s.stats.checkInsSent
-		}
+		s.progress(&meter)
 	}
+}
+
+// progressMeter is what the progress line was computed from last.
+type progressMeter struct {
+	last     time.Time
+	checkIns int
+}
+
+// progress calls Config.Progress, about once a second of real time.
+func (s *sim) progress(m *progressMeter) {
+	if s.cfg.Progress == nil || time.Since(m.last) < time.Second {
+		return
+	}
+	s.cfg.Progress(Progress{Virtual: s.clock.Now().Sub(s.start), End: time.Duration(s.sc.Duration),
+		ByAuthority: s.byAuthority(), CheckInsPS: float64(s.stats.checkInsSent-m.checkIns) / time.Since(m.last).Seconds()})
+	m.last, m.checkIns = time.Now(), s.stats.checkInsSent
 }
 
 // loopShared runs the fleet on the clock it shares with a separate
 // service: messages are handled as they arrive, and each timer fires when
 // the clock reaches it.
 func (s *sim) loopShared(ctx context.Context) error {
-	lastProgress, lastCheckIns := time.Now(), 0
+	meter := progressMeter{last: time.Now()}
 	wait := time.NewTimer(time.Hour)
 	defer wait.Stop()
 	for {
@@ -965,11 +989,7 @@ func (s *sim) loopShared(ctx context.Context) error {
 			}
 			s.observe()
 		}
-		if s.cfg.Progress != nil && time.Since(lastProgress) >= time.Second {
-			s.cfg.Progress(Progress{Virtual: s.clock.Now().Sub(s.start), End: time.Duration(s.sc.Duration),
-				ByAuthority: s.byAuthority(), CheckInsPS: float64(s.stats.checkInsSent-lastCheckIns) / time.Since(lastProgress).Seconds()})
-			lastProgress, lastCheckIns = time.Now(), s.stats.checkInsSent
-		}
+		s.progress(&meter)
 	}
 }
 

@@ -19,12 +19,10 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net/url"
 	"os"
 	"os/signal"
 	"path/filepath"
 	"runtime/pprof"
-	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -180,8 +178,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 
 // external reads the flags of a run against a separate service.
 func external(mqttURL, adminURL, adminToken, enrollToken, caFile, tenant, shard, startAt string) (*fleetsim.External, error) {
-	if u, err := url.Parse(mqttURL); err != nil || u.Host == "" || !slices.Contains([]string{"tcp", "mqtt", "tls", "ssl", "mqtts"}, u.Scheme) {
-		return nil, fmt.Errorf("--mqtt %q: want tcp://HOST:PORT (the service's --mqtt-tcp, connect tokens) or tls://HOST:PORT (its --mqtt, device certificates)", mqttURL)
+	if err := fleetsim.CheckMQTTURL(mqttURL); err != nil {
+		return nil, fmt.Errorf("--mqtt: %w", err)
 	}
 	if adminToken == "" {
 		return nil, errors.New("--mqtt needs --admin-token FILE: the admin token of the service (DATA/admin.token of its --data directory)")
