@@ -189,17 +189,18 @@ func capRetained(out []Profile, changes []Change) ([]Profile, []Change) {
 
 // expire removes the retained profiles whose deadline has come.
 func expire(installed []Profile, now time.Time) ([]Profile, []Change) {
+	due := func(p Profile) bool { return p.Retained() && !now.Before(p.RetainUntil) }
+	if !slices.ContainsFunc(installed, due) {
+		return installed, nil // the common case, without a copy
+	}
 	var changes []Change
-	out := installed[:0:0]
+	out := make([]Profile, 0, len(installed))
 	for _, p := range installed {
-		if p.Retained() && !now.Before(p.RetainUntil) {
+		if due(p) {
 			changes = append(changes, Change{Kind: Expired, Profile: p})
 			continue
 		}
 		out = append(out, p)
-	}
-	if changes == nil {
-		return installed, nil
 	}
 	return out, changes
 }

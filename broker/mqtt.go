@@ -76,6 +76,9 @@ func NewBroker(svc *Service, logger *slog.Logger) (*Broker, error) {
 	// errors, so that unauthenticated clients cannot fill the service log.
 	s := mqtt.New(&mqtt.Options{InlineClient: true, Capabilities: caps,
 		Logger: slog.New(minLevel{logger.Handler(), slog.LevelError})})
+	if err := slowHousekeeping(s, housekeepingEvery); err != nil {
+		return nil, fmt.Errorf("broker: %w", err)
+	}
 	b := &Broker{server: s, svc: svc, log: logger, badInput: newRateLog(logger, svc.opts.Clock)}
 	if err := s.AddHook(&authHook{svc: svc, log: newRateLog(logger, svc.opts.Clock), broker: b}, nil); err != nil {
 		return nil, fmt.Errorf("broker: %w", err)

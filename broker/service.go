@@ -666,7 +666,8 @@ func (s *Service) catalog() ([]Profile, error) {
 func (s *Service) commandResult(id string, r *protocol.CommandResult) error {
 	now := s.opts.Clock.Now()
 	replayed := false
-	err := s.store.Update(func(tx *Tx) error {
+	err := s.store.Batch(func(tx *Tx) error {
+		replayed = false
 		if d, err := tx.Device(id); err != nil {
 			return err
 		} else if !d.Managed() {
@@ -763,7 +764,9 @@ var ErrClockSkew = errors.New("sent too far in the future")
 
 func (s *Service) complianceReport(id string, env *protocol.Envelope, r *protocol.ComplianceReport) error {
 	now := s.opts.Clock.Now()
-	return s.store.Update(func(tx *Tx) error {
+	// Batched: every device that moves reports its compliance under the
+	// new authority right after its check-in, as many at once as check in.
+	return s.store.Batch(func(tx *Tx) error {
 		d, err := tx.Device(id)
 		if err != nil {
 			return err

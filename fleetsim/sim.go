@@ -18,6 +18,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"runtime/pprof"
 	"slices"
 	"sync"
 	"time"
@@ -63,6 +64,11 @@ type Config struct {
 	// External, when set, runs the fleet against a separately started
 	// service instead of one in the process.
 	External *External
+	// BurstProfile, when set, receives a CPU profile (runtime/pprof) of
+	// the migration burst: the ten virtual minutes after the authority
+	// change that run.burst_checkins_per_s measures. No other CPU profile
+	// may run at the time.
+	BurstProfile io.Writer
 }
 
 // External is a separately started service (mdm-broker serve) that the
@@ -185,6 +191,8 @@ type sim struct {
 	svcDown    bool        // and the service
 	restarts   int         // restart steps so far
 	retryRand  *mrand.Rand // reconnection delays, from the seed
+	profiling  bool        // the burst's CPU profile runs
+	profileErr error       // it could not start
 }
 
 // Run runs the scenario over a simulated fleet and reports what happened.
@@ -199,6 +207,9 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 	}
 	if err := s.loop(ctx); err != nil {
 		return nil, err
+	}
+	if s.profileErr != nil {
+		return nil, fmt.Errorf("CPU profile of the burst: %w", s.profileErr)
 	}
 	return s.report(), nil
 }
@@ -376,7 +387,19 @@ func (w *rateWindow) rate() float64 {
 func (s *sim) observe() {
 	now := s.clock.Now()
 	s.enrolling.observe(now, s.stats.connects)
+	started := s.burst.started
 	s.burst.observe(now, s.stats.checkInsSent)
+	if s.cfg.BurstProfile == nil {
+		return
+	}
+	if !started && s.burst.started && s.profileErr == nil {
+		s.profileErr = pprof.StartCPUProfile(s.cfg.BurstProfile)
+		s.profiling = s.profileErr == nil
+	}
+	if s.burst.ended && s.profiling {
+		pprof.StopCPUProfile()
+		s.profiling = false
+	}
 }
 
 // CheckMQTTURL checks an MQTT address of a separate service:
@@ -461,6 +484,10 @@ func (s *sim) openBroker() error {
 }
 
 func (s *sim) close() {
+	if s.profiling {
+		pprof.StopCPUProfile()
+		s.profiling = false
+	}
 	for _, d := range s.devices {
 		if d != nil && d.client != nil {
 			d.client.Close()

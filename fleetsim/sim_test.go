@@ -1,6 +1,7 @@
 package fleetsim
 
 import (
+	"bytes"
 	"context"
 	"reflect"
 	"testing"
@@ -212,5 +213,21 @@ func TestRestartSteps(t *testing.T) {
 	}
 	if r.Validation.CanaryAuthority != "intune" || r.Validation.RemoteLock != "acknowledged" {
 		t.Errorf("validation = %+v; want the canary on intune, its lock acknowledged", r.Validation)
+	}
+}
+
+// TestBurstProfile checks that Config.BurstProfile gets a CPU profile of
+// the burst, and that the run's figures come as without it.
+func TestBurstProfile(t *testing.T) {
+	var prof bytes.Buffer
+	r, err := Run(context.Background(), Config{Devices: 20, Seed: 4, BurstProfile: &prof})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if prof.Len() < 2 || prof.Bytes()[0] != 0x1f || prof.Bytes()[1] != 0x8b {
+		t.Fatalf("burst profile: %d bytes, want a gzipped pprof profile", prof.Len())
+	}
+	if r.Run.BurstCheckInsPerSec <= 0 || r.Migration.Migrated == 0 {
+		t.Fatalf("burst %g check-ins/s, %d migrated: want a burst and a migration", r.Run.BurstCheckInsPerSec, r.Migration.Migrated)
 	}
 }

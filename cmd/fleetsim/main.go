@@ -60,6 +60,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	plotFile := fs.String("plot", "", "draw the timeline as a PNG chart in this file")
 	quiet := fs.BoolP("quiet", "q", false, "no progress line")
 	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile of the run to this file (go tool pprof FILE)")
+	burstProfile := fs.String("cpuprofile-burst", "", "write a CPU profile of the migration burst only (the ten virtual minutes after the change) to this file")
 	mqttURL := fs.String("mqtt", "", "run against a separately started mdm-broker serve at this MQTT address instead of in process: tcp://HOST:PORT (its --mqtt-tcp; connect tokens) or tls://HOST:PORT (its --mqtt; device certificates)")
 	enrollURL := fs.String("mqtt-enroll", "", "with --mqtt: where enrolling clients connect, when the broker takes them on a listener of their own (Mosquitto: see scripts/mosquitto); default --mqtt")
 	adminURL := fs.String("admin", "http://127.0.0.1:8440", "with --mqtt: the service's admin API")
@@ -128,6 +129,10 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	if !*quiet && isTerminal(stderr) {
 		cfg.Progress = func(p fleetsim.Progress) { progressLine(stderr, p) }
 	}
+	if *cpuProfile != "" && *burstProfile != "" {
+		fmt.Fprintln(stderr, "fleetsim: --cpuprofile and --cpuprofile-burst: Go runs one CPU profile at a time; give one of them")
+		return 2
+	}
 	if *cpuProfile != "" {
 		f, err := os.Create(*cpuProfile)
 		if err != nil {
@@ -140,6 +145,15 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 			return 2
 		}
 		defer pprof.StopCPUProfile()
+	}
+	if *burstProfile != "" {
+		f, err := os.Create(*burstProfile)
+		if err != nil {
+			fmt.Fprintf(stderr, "fleetsim: --cpuprofile-burst: %v\n", err)
+			return 2
+		}
+		defer f.Close()
+		cfg.BurstProfile = f
 	}
 	r, err := fleetsim.Run(ctx, cfg)
 	if cfg.Progress != nil {

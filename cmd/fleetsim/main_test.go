@@ -87,7 +87,8 @@ func TestReportKeys(t *testing.T) {
 func TestFlagErrors(t *testing.T) {
 	for _, args := range [][]string{{"--mix", "ios=x"}, {"--mix", "nokia=3"}, {"extra"}, {"--scenario", "/nonexistent.json"}, {"--devices", "-5"},
 		{"--mqtt", "tcp://127.0.0.1:1"}, {"--mqtt", "tcp://127.0.0.1:1", "--admin-token", "/nonexistent"}, {"--mqtt", "ftp://x", "--admin-token", "main.go"},
-		{"--mqtt", "tcp://127.0.0.1:1", "--admin-token", "main.go", "--enrollment-token", "main.go", "--shard", "2/2"}} {
+		{"--mqtt", "tcp://127.0.0.1:1", "--admin-token", "main.go", "--enrollment-token", "main.go", "--shard", "2/2"},
+		{"--cpuprofile", filepath.Join(t.TempDir(), "a"), "--cpuprofile-burst", filepath.Join(t.TempDir(), "b")}} {
 		var out, errOut bytes.Buffer
 		code := run(context.Background(), args, &out, &errOut)
 		if code == 0 || !strings.Contains(errOut.String(), "fleetsim:") {
