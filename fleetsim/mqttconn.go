@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -18,8 +19,10 @@ import (
 
 // This file is a lean MQTT 3.1.1 client for the simulated devices. paho
 // runs several goroutines and channels per client and per message, which
-// keeps the simulator from a fleet of 100,000 devices; this client has one
-// long-lived goroutine per session (the reader) and no channels. It speaks
+// keeps the simulator from a fleet of 100,000 devices; this client has at
+// most one long-lived goroutine per session (the reader) and no channels
+// per message. In process it has none: the broker's writes are handed to
+// the session as they are made (directConn). It speaks
 // only what a device needs: CONNECT with a clean session and no keep-alive,
 // one QoS 1 subscription, QoS 1 publishing, and PUBACKs for what arrives.
 // Packets are encoded and decoded with mochi's codec, the one the broker
@@ -102,12 +105,21 @@ type mqttOptions struct {
 // them while the reader goes on reading.
 type mqttConn struct {
 	nc        net.Conn
-	br        *bufio.Reader // used by the reader only (by dialMQTT before it starts)
+	br        *bufio.Reader // used by the reader only (by dialMQTT before it starts); nil when direct
 	onMessage func([]byte)
 	id        string // the client id, for error messages
 	timeout   time.Duration
-	done      chan struct{} // closed when the reader returns
-	small     [8]byte       // body of a small non-PUBLISH packet; as br
+	done      chan struct{} // closed when the session has ended (finish)
+	doneOnce  sync.Once
+	small     [8]byte // body of a small non-PUBLISH packet; as br
+
+	// A direct session (dialMQTTDirect) has no reader: the broker's
+	// writes come to deliver, one at a time. The handshake's answers
+	// (CONNACK, SUBACK) go to the dialing goroutine through answers.
+	direct    bool
+	handshook atomic.Bool          // CONNACK and SUBACK have come
+	answers   chan *packets.Packet // CONNACK and SUBACK, for the dialer
+	partial   []byte               // the start of a packet split across writes; as deliver
 
 	mu     sync.Mutex // serialises writes; held while writing
 	nextID uint16     // the last packet id used
@@ -140,12 +152,185 @@ func dialMQTT(nc net.Conn, o mqttOptions) (*mqttConn, error) {
 	if err := c.handshake(o); err != nil {
 		c.end(err)
 		c.ackers.Wait()
-		close(c.done)
+		c.finish()
 		return nil, err
 	}
 	go c.read()
 	return c, nil
 }
+
+// directConn is the broker's end of an in-process session without a
+// reader goroutine on the device's side. The broker reads what the device
+// writes from a net.Pipe, as usual; what the broker writes is decoded and
+// handled by the device's session at once, in the broker's goroutine that
+// writes it. A simulated device then needs no goroutine of its own, and a
+// message reaches it without a hand-over between goroutines. mochi
+// serialises a client's writes, so deliver is never called twice at once.
+type directConn struct {
+	net.Conn // the pipe's broker end: Read, addresses, deadlines
+	c        *mqttConn
+	closed   sync.Once
+}
+
+// newDirectPipe returns the device's end and the broker's end of an
+// in-process session for dialMQTTDirect.
+func newDirectPipe() (net.Conn, *directConn) {
+	client, server := net.Pipe()
+	return client, &directConn{Conn: server}
+}
+
+// Write hands what the broker writes to the device's session.
+func (d *directConn) Write(p []byte) (int, error) {
+	if err := d.c.deliver(p); err != nil {
+		return 0, err
+	}
+	return len(p), nil
+}
+
+// Close closes the broker's end and ends the device's session: the
+// broker has let it go.
+func (d *directConn) Close() error {
+	err := d.Conn.Close()
+	d.closed.Do(func() {
+		d.c.end(fmt.Errorf("mqtt session %s: %w", d.c.id, errMQTTBrokerClosed))
+		d.c.ackers.Wait()
+		d.c.finish()
+	})
+	return err
+}
+
+// dialMQTTDirect is dialMQTT over an in-process session from
+// newDirectPipe: nc is the device's end, and the caller serves be to the
+// broker (Broker.Connect) once dialMQTTDirect has set it up, which start
+// does. The session runs no reader goroutine.
+func dialMQTTDirect(nc net.Conn, be *directConn, start func(), o mqttOptions) (*mqttConn, error) {
+	if o.Timeout <= 0 {
+		o.Timeout = mqttDefaultTimeout
+	}
+	if o.OnMessage == nil {
+		o.OnMessage = func([]byte) {}
+	}
+	c := &mqttConn{nc: nc, onMessage: o.OnMessage, id: o.ClientID, timeout: o.Timeout, done: make(chan struct{}),
+		direct: true, answers: make(chan *packets.Packet, 1)}
+	be.c = c
+	start()
+	if err := c.handshake(o); err != nil {
+		c.end(err)
+		c.ackers.Wait()
+		<-c.done // the broker closes its end once the pipe is closed
+		return nil, err
+	}
+	c.handshook.Store(true)
+	return c, nil
+}
+
+// deliver decodes and handles the packets the broker wrote in p. A packet
+// split across writes waits in partial for the rest (mochi writes whole
+// packets, but nothing in net.Conn promises it). An error ends the
+// session.
+func (c *mqttConn) deliver(p []byte) error {
+	if c.Err() != nil {
+		return net.ErrClosed
+	}
+	if len(c.partial) > 0 {
+		p = append(c.partial, p...)
+		c.partial = nil
+	}
+	for len(p) > 0 {
+		n, complete, err := c.deliverOne(p)
+		if err != nil {
+			err = fmt.Errorf("mqtt session %s: %w", c.id, err)
+			c.end(err)
+			return err
+		}
+		if !complete {
+			c.partial = append([]byte(nil), p...)
+			return nil
+		}
+		p = p[n:]
+	}
+	return nil
+}
+
+// deliverOne decodes and handles the packet at the start of p and returns
+// its length, or complete false when p holds only its start.
+func (c *mqttConn) deliverOne(p []byte) (n int, complete bool, err error) {
+	r := bytes.NewReader(p[1:])
+	length, _, err := packets.DecodeLength(r)
+	if errors.Is(err, io.EOF) && len(p) > 4 {
+		// Four length bytes, each saying that another follows: the most
+		// MQTT allows (1.5.5).
+		return 0, false, fmt.Errorf("remaining length: %w", packets.ErrMalformedVariableByteInteger)
+	} else if errors.Is(err, io.EOF) {
+		return 0, false, nil
+	} else if err != nil {
+		return 0, false, fmt.Errorf("remaining length: %w", err)
+	}
+	if length > mqttMaxPacket {
+		return 0, false, fmt.Errorf("%w: the broker sent a packet of %d bytes; the limit is %d", errMQTTTooLarge, length, mqttMaxPacket)
+	}
+	start := len(p) - r.Len()
+	if len(p)-start < length {
+		return 0, false, nil
+	}
+	pk := mqttPackets.Get().(*packets.Packet)
+	defer func() {
+		*pk = packets.Packet{}
+		mqttPackets.Put(pk)
+	}()
+	body := p[start : start+length]
+	if p[0]>>4 == packets.Publish {
+		body = slices.Clone(body) // the payload goes to the callee; p is the broker's
+	}
+	if err := c.decodePacket(p[0], body, pk); err != nil {
+		return 0, false, err
+	}
+	switch t := pk.FixedHeader.Type; {
+	case t == packets.Connack || t == packets.Suback:
+		if c.handshook.Load() {
+			return 0, false, fmt.Errorf("unexpected %s packet from the broker", packetName(t))
+		}
+		answer := *pk
+		answer.ReasonCodes = slices.Clone(pk.ReasonCodes)
+		select {
+		case c.answers <- &answer:
+		default:
+			return 0, false, fmt.Errorf("unexpected %s packet from the broker", packetName(t))
+		}
+	default:
+		if err := c.handle(pk); err != nil {
+			return 0, false, err
+		}
+	}
+	return start + length, true, nil
+}
+
+// nextAnswer waits for the next CONNACK or SUBACK of a direct session's
+// handshake, until the deadline.
+func (c *mqttConn) nextAnswer(pk *packets.Packet) error {
+	t := time.NewTimer(c.timeout)
+	defer t.Stop()
+	select {
+	case a := <-c.answers:
+		*pk = *a
+		return nil
+	case <-c.done:
+		// A broker that refuses the connection answers and closes it
+		// at once: the answer says more.
+		select {
+		case a := <-c.answers:
+			*pk = *a
+			return nil
+		default:
+			return c.Err()
+		}
+	case <-t.C:
+		return fmt.Errorf("no answer within %s", c.timeout)
+	}
+}
+
+// finish marks the session as ended for Done.
+func (c *mqttConn) finish() { c.doneOnce.Do(func() { close(c.done) }) }
 
 // handshake sends CONNECT and SUBSCRIBE and waits for their answers, all
 // within the timeout.
@@ -170,7 +355,7 @@ func (c *mqttConn) handshake(o mqttOptions) error {
 		return fmt.Errorf("mqtt connect %s: send CONNECT: %w", c.id, err)
 	}
 	var pk packets.Packet
-	if err := c.readPacket(&pk); err != nil {
+	if err := c.handshakePacket(&pk); err != nil {
 		return fmt.Errorf("mqtt connect %s: waiting for CONNACK: %w", c.id, err)
 	}
 	if pk.FixedHeader.Type != packets.Connack {
@@ -194,6 +379,16 @@ func (c *mqttConn) handshake(o mqttOptions) error {
 	return nil
 }
 
+// handshakePacket reads the next packet during the handshake: from the
+// connection, or as a direct session the next CONNACK or SUBACK (deliver
+// handles the rest itself).
+func (c *mqttConn) handshakePacket(pk *packets.Packet) error {
+	if c.direct {
+		return c.nextAnswer(pk)
+	}
+	return c.readPacket(pk)
+}
+
 // subscribe subscribes to filter at QoS 1 and waits for the SUBACK. A
 // message that arrives first (the subscription is live before the broker
 // writes its SUBACK) is delivered.
@@ -211,7 +406,7 @@ func (c *mqttConn) subscribe(filter string) error {
 	}
 	for {
 		var pk packets.Packet
-		if err := c.readPacket(&pk); err != nil {
+		if err := c.handshakePacket(&pk); err != nil {
 			return fmt.Errorf("mqtt subscribe %s to %s: waiting for SUBACK: %w", c.id, filter, err)
 		}
 		if pk.FixedHeader.Type != packets.Suback {
@@ -339,7 +534,7 @@ func (c *mqttConn) end(cause error) {
 // read is the session's reader goroutine: it reads and handles packets
 // until the session ends.
 func (c *mqttConn) read() {
-	defer close(c.done)
+	defer c.finish()
 	for {
 		// An idle session waits here, on a shallow stack that the
 		// garbage collector can shrink to the minimum; the packet being
@@ -430,6 +625,23 @@ func (c *mqttConn) readPacket(pk *packets.Packet) error {
 		}
 		return fmt.Errorf("%s body: %w", packetName(pk.FixedHeader.Type), err)
 	}
+	return c.decodeBody(body, pk)
+}
+
+// decodePacket decodes a whole packet, its first byte and its body, into
+// pk. For a PUBLISH the payload is a slice of body.
+func (c *mqttConn) decodePacket(first byte, body []byte, pk *packets.Packet) error {
+	if err := pk.FixedHeader.Decode(first); err != nil {
+		return fmt.Errorf("fixed header %#02x: %w", first, err)
+	}
+	pk.FixedHeader.Remaining = len(body)
+	pk.ProtocolVersion = 4
+	return c.decodeBody(body, pk)
+}
+
+// decodeBody decodes the body of the packet whose fixed header is in pk.
+func (c *mqttConn) decodeBody(body []byte, pk *packets.Packet) error {
+	var err error
 	switch pk.FixedHeader.Type {
 	case packets.Connack:
 		err = pk.ConnackDecode(body)
@@ -453,12 +665,22 @@ func (c *mqttConn) readPacket(pk *packets.Packet) error {
 // running.
 func (c *mqttConn) queueAck(id uint16) {
 	c.state.Lock()
+	if c.cause != nil {
+		c.state.Unlock()
+		return // the session has ended: nobody to acknowledge to
+	}
 	c.acks = append(c.acks, id)
 	start := !c.acking
 	c.acking = true
+	if start {
+		// Under state, so that it comes before any wait for the
+		// writers, which the end of the session (cause, set under
+		// state) comes before: a direct session's messages arrive in
+		// the broker's goroutine, not in one the session waits for.
+		c.ackers.Add(1)
+	}
 	c.state.Unlock()
 	if start {
-		c.ackers.Add(1)
 		go c.writeAcks()
 	}
 }

@@ -17,6 +17,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -99,6 +100,31 @@ func (h *mqttTestBroker) pipe() net.Conn {
 	client, server := net.Pipe()
 	go h.b.Connect(server)
 	return client
+}
+
+// mqttTransports are the two in-process ways to the broker: net.Pipe
+// with the session's reader goroutine, as on a network connection, and a
+// direct session (newDirectPipe), which the simulator uses, without one.
+var mqttTransports = []string{"pipe", "direct"}
+
+// forTransports runs test once per in-process transport.
+func forTransports(t *testing.T, test func(t *testing.T, transport string)) {
+	for _, tr := range mqttTransports {
+		t.Run(tr, func(t *testing.T) { test(t, tr) })
+	}
+}
+
+// dial opens a session over transport and returns it with the device's
+// end of the connection.
+func (h *mqttTestBroker) dial(transport string, o mqttOptions) (*mqttConn, net.Conn, error) {
+	if transport == "direct" {
+		client, server := newDirectPipe()
+		c, err := dialMQTTDirect(client, server, func() { go h.b.Connect(server) }, o)
+		return c, client, err
+	}
+	nc := h.pipe()
+	c, err := dialMQTT(nc, o)
+	return c, nc, err
 }
 
 // enrollOptions are the options of an enrolling client with a fresh
@@ -201,11 +227,13 @@ func mqttCheckInAnswer(p []byte, id protocol.MessageID) (*protocol.CheckInRespon
 
 // TestMQTTConnRoundTrip enrolls a device, connects it and runs its agent
 // core's first check-in through the broker and back.
-func TestMQTTConnRoundTrip(t *testing.T) {
+func TestMQTTConnRoundTrip(t *testing.T) { forTransports(t, testMQTTConnRoundTrip) }
+
+func testMQTTConnRoundTrip(t *testing.T, transport string) {
 	h := newMQTTTestBroker(t)
 	st := h.enroll(t)
 	inbox := make(chan []byte, 16)
-	c, err := dialMQTT(h.pipe(), mqttDeviceOptions(st, func(p []byte) { inbox <- p }))
+	c, _, err := h.dial(transport, mqttDeviceOptions(st, func(p []byte) { inbox <- p }))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -263,12 +291,14 @@ func TestMQTTConnRoundTrip(t *testing.T) {
 // answers (QoS 1) stream in. On net.Pipe the broker writes its PUBACK for
 // each PUBLISH from the goroutine that reads the device: a reader that
 // wrote its own PUBACKs would deadlock with it.
-func TestMQTTConnPipelined(t *testing.T) {
+func TestMQTTConnPipelined(t *testing.T) { forTransports(t, testMQTTConnPipelined) }
+
+func testMQTTConnPipelined(t *testing.T, transport string) {
 	h := newMQTTTestBroker(t)
 	st := h.enroll(t)
 	const n = 200
 	inbox := make(chan []byte, n)
-	c, err := dialMQTT(h.pipe(), mqttDeviceOptions(st, func(p []byte) { inbox <- p }))
+	c, _, err := h.dial(transport, mqttDeviceOptions(st, func(p []byte) { inbox <- p }))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -389,7 +419,9 @@ func TestMQTTConnNetwork(t *testing.T) {
 
 // TestMQTTConnRefused checks the errors of connections and subscriptions
 // the broker refuses.
-func TestMQTTConnRefused(t *testing.T) {
+func TestMQTTConnRefused(t *testing.T) { forTransports(t, testMQTTConnRefused) }
+
+func testMQTTConnRefused(t *testing.T, transport string) {
 	h := newMQTTTestBroker(t)
 	st := h.enroll(t)
 	other := h.enroll(t)
@@ -413,8 +445,7 @@ func TestMQTTConnRefused(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			nc := h.pipe()
-			c, err := dialMQTT(nc, tt.opts)
+			c, nc, err := h.dial(transport, tt.opts)
 			if err == nil {
 				c.Close()
 				t.Fatalf("dialMQTT(%q) = nil error; want %v", tt.opts.ClientID, tt.want)
@@ -428,7 +459,7 @@ func TestMQTTConnRefused(t *testing.T) {
 		})
 	}
 	// The device itself is still welcome.
-	c, err := dialMQTT(h.pipe(), mqttDeviceOptions(st, nil))
+	c, _, err := h.dial(transport, mqttDeviceOptions(st, nil))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -436,10 +467,12 @@ func TestMQTTConnRefused(t *testing.T) {
 }
 
 // TestMQTTConnClose closes a session twice and publishes on it.
-func TestMQTTConnClose(t *testing.T) {
+func TestMQTTConnClose(t *testing.T) { forTransports(t, testMQTTConnClose) }
+
+func testMQTTConnClose(t *testing.T, transport string) {
 	h := newMQTTTestBroker(t)
 	st := h.enroll(t)
-	c, err := dialMQTT(h.pipe(), mqttDeviceOptions(st, nil))
+	c, _, err := h.dial(transport, mqttDeviceOptions(st, nil))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -473,7 +506,7 @@ func TestMQTTConnClose(t *testing.T) {
 			t.Fatal("the broker still holds the session 10 s after Close")
 		}
 	}
-	c, err = dialMQTT(h.pipe(), mqttDeviceOptions(st, nil))
+	c, _, err = h.dial(transport, mqttDeviceOptions(st, nil))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -482,10 +515,12 @@ func TestMQTTConnClose(t *testing.T) {
 
 // TestMQTTConnKicked removes the device: the broker drops its session and
 // Done closes.
-func TestMQTTConnKicked(t *testing.T) {
+func TestMQTTConnKicked(t *testing.T) { forTransports(t, testMQTTConnKicked) }
+
+func testMQTTConnKicked(t *testing.T, transport string) {
 	h := newMQTTTestBroker(t)
 	st := h.enroll(t)
-	c, err := dialMQTT(h.pipe(), mqttDeviceOptions(st, nil))
+	c, _, err := h.dial(transport, mqttDeviceOptions(st, nil))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -871,10 +906,16 @@ func FuzzMQTTConnReadPacket(f *testing.F) {
 // BenchmarkMQTTConnRoundTrip measures a check-in through the broker and
 // the service and back with mqttConn: publish, then wait for the answer.
 func BenchmarkMQTTConnRoundTrip(b *testing.B) {
+	for _, tr := range mqttTransports {
+		b.Run(tr, func(b *testing.B) { benchmarkMQTTConnRoundTrip(b, tr) })
+	}
+}
+
+func benchmarkMQTTConnRoundTrip(b *testing.B, transport string) {
 	h := newMQTTTestBroker(b)
 	st := h.enroll(b)
 	inbox := make(chan []byte, 1)
-	c, err := dialMQTT(h.pipe(), mqttDeviceOptions(st, func(p []byte) { inbox <- p }))
+	c, _, err := h.dial(transport, mqttDeviceOptions(st, func(p []byte) { inbox <- p }))
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -1082,5 +1123,152 @@ func BenchmarkBrokerIdleSession(b *testing.B) {
 			return nil, err
 		}
 		return func() { nc.Close() }, nil
+	})
+}
+
+// BenchmarkMQTTConnDirectIdleSession measures an idle direct session, the
+// simulator's in process: no reader goroutine on the device's side.
+func BenchmarkMQTTConnDirectIdleSession(b *testing.B) {
+	benchmarkMQTTIdleSessions(b, func(h *mqttTestBroker, o mqttOptions) (func(), error) {
+		c, _, err := h.dial("direct", o)
+		if err != nil {
+			return nil, err
+		}
+		return func() { c.Close() }, nil
+	})
+}
+
+// newDeliverConn returns a direct session past its handshake with no
+// broker behind it, for tests of deliver; its PUBACKs are read and thrown
+// away.
+func newDeliverConn(t testing.TB, onMessage func([]byte)) *mqttConn {
+	client, server := net.Pipe()
+	go io.Copy(io.Discard, server)
+	t.Cleanup(func() { client.Close(); server.Close() })
+	c := &mqttConn{nc: client, onMessage: onMessage, id: "d-test", timeout: time.Second, done: make(chan struct{}),
+		direct: true, answers: make(chan *packets.Packet, 1)}
+	c.handshook.Store(true)
+	t.Cleanup(func() { c.end(errMQTTClosed); c.ackers.Wait() })
+	return c
+}
+
+// mqttEncode encodes pk at protocol level 4.
+func mqttEncode(t testing.TB, pk packets.Packet) []byte {
+	pk.ProtocolVersion = 4
+	var b bytes.Buffer
+	var err error
+	switch pk.FixedHeader.Type {
+	case packets.Publish:
+		err = pk.PublishEncode(&b)
+	case packets.Connack:
+		err = pk.ConnackEncode(&b)
+	case packets.Puback:
+		err = pk.PubackEncode(&b)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b.Bytes()
+}
+
+// TestMQTTConnDeliver hands a direct session what a broker could write:
+// packets split across writes and several in one write are delivered
+// whole and in order; an oversized or unexpected packet ends the session.
+func TestMQTTConnDeliver(t *testing.T) {
+	publish := func(payload string, qos byte) []byte {
+		return mqttEncode(t, packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Publish, Qos: qos}, PacketID: 7,
+			TopicName: "mdm/v1/contoso/dev/d-test/down", Payload: []byte(payload)})
+	}
+	t.Run("split and merged", func(t *testing.T) {
+		var got []string
+		c := newDeliverConn(t, func(p []byte) { got = append(got, string(p)) })
+		one, two, three := publish("one", 1), publish(strings.Repeat("2", 300), 0), publish("three", 1)
+		for i := range one { // a byte at a time
+			if err := c.deliver(one[i : i+1]); err != nil {
+				t.Fatalf("byte %d: %v", i, err)
+			}
+		}
+		both := append(append([]byte{}, two...), three...)
+		if err := c.deliver(both); err != nil {
+			t.Fatal(err)
+		}
+		puback := mqttEncode(t, packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Puback}, PacketID: 1})
+		if err := c.deliver(puback); err != nil {
+			t.Fatal(err)
+		}
+		want := []string{"one", strings.Repeat("2", 300), "three"}
+		if !slices.Equal(got, want) {
+			t.Errorf("delivered %q; want %q", got, want)
+		}
+		if n := c.pubacks.Load(); n != 1 {
+			t.Errorf("%d PUBACKs counted; want 1", n)
+		}
+		if err := c.Err(); err != nil {
+			t.Errorf("session ended: %v", err)
+		}
+	})
+	t.Run("payload is the callee's", func(t *testing.T) {
+		var got []byte
+		c := newDeliverConn(t, func(p []byte) { got = p })
+		b := publish("keep", 0)
+		if err := c.deliver(b); err != nil {
+			t.Fatal(err)
+		}
+		clear(b) // the broker reuses its buffer
+		if string(got) != "keep" {
+			t.Errorf("payload %q after the broker reused its buffer; want %q", got, "keep")
+		}
+	})
+	for _, tt := range []struct {
+		name string
+		data []byte
+		want string
+	}{
+		{"oversized", []byte{0x30, 0x81, 0x80, 0x40}, "packet too large"},
+		{"malformed length", []byte{0x32, 0xff, 0xff, 0xff, 0xff}, "remaining length"},
+		{"CONNACK after the handshake", mqttEncode(t, packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Connack}}), "unexpected CONNACK"},
+		{"QoS 2", publish("x", 2), "QoS 2"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			c := newDeliverConn(t, func([]byte) { t.Error("a message was delivered") })
+			err := c.deliver(tt.data)
+			if err == nil || !strings.Contains(err.Error(), tt.want) {
+				t.Fatalf("deliver = %v; want an error saying %q", err, tt.want)
+			}
+			if c.Err() == nil {
+				t.Error("the session goes on after the broker broke the protocol")
+			}
+			if err := c.deliver(publish("late", 0)); err == nil {
+				t.Error("deliver after the session ended = nil; want an error")
+			}
+		})
+	}
+}
+
+// FuzzMQTTConnDeliver feeds a direct session arbitrary bytes in arbitrary
+// pieces: it never panics, never delivers a payload over the limit, and
+// delivers nothing once a write failed.
+func FuzzMQTTConnDeliver(f *testing.F) {
+	f.Add([]byte{0x30, 0x05, 0x00, 0x01, 't', 'h', 'i'}, uint8(3))
+	f.Add([]byte{0x30, 0x81, 0x80, 0x40}, uint8(1))
+	f.Add([]byte{0x20, 0x02, 0x00, 0x00}, uint8(0))
+	f.Fuzz(func(t *testing.T, data []byte, piece uint8) {
+		failed := false
+		c := newDeliverConn(t, func(p []byte) {
+			if failed {
+				t.Fatal("delivered after a failed write")
+			}
+			if len(p) > mqttMaxPacket {
+				t.Fatalf("payload of %d bytes delivered; the limit is %d", len(p), mqttMaxPacket)
+			}
+		})
+		n := int(piece) + 1
+		for len(data) > 0 {
+			k := min(n, len(data))
+			if err := c.deliver(data[:k]); err != nil {
+				failed = true
+			}
+			data = data[k:]
+		}
 	})
 }

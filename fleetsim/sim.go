@@ -527,31 +527,29 @@ func seedBytes(seed uint64, stream byte) [32]byte {
 }
 
 // dial opens an MQTT session subscribed to topic, authenticated like any
-// device: in process over one end of a net.Pipe whose other end the
+// device: in process over a direct session (newDirectPipe) that the
 // broker serves, in external mode over TCP or TLS (with cert, the
 // device's certificate).
 func (s *sim) dial(clientID, user, password, topic string, cert *tls.Certificate, onMessage func(payload []byte)) (*mqttConn, error) {
-	addr := ""
-	if s.ext != nil {
-		addr = s.ext.MQTT
-		if cert == nil && s.ext.EnrollMQTT != "" {
-			addr = s.ext.EnrollMQTT
-		}
+	o := mqttOptions{ClientID: clientID, Username: user, Password: password, Subscribe: topic, OnMessage: onMessage}
+	if s.ext == nil {
+		client, server := newDirectPipe()
+		return dialMQTTDirect(client, server, func() { go s.b.Connect(server) }, o)
+	}
+	addr := s.ext.MQTT
+	if cert == nil && s.ext.EnrollMQTT != "" {
+		addr = s.ext.EnrollMQTT
 	}
 	nc, err := s.netConn(addr, cert)
 	if err != nil {
 		return nil, fmt.Errorf("connect %s: %w", clientID, err)
 	}
-	return dialMQTT(nc, mqttOptions{ClientID: clientID, Username: user, Password: password, Subscribe: topic, OnMessage: onMessage})
+	return dialMQTT(nc, o)
 }
 
-// netConn opens the connection under a device's MQTT session.
+// netConn opens the connection under a device's MQTT session to a
+// separate service.
 func (s *sim) netConn(addr string, cert *tls.Certificate) (net.Conn, error) {
-	if s.ext == nil {
-		client, server := net.Pipe()
-		go s.b.Connect(server)
-		return client, nil
-	}
 	u, _ := url.Parse(addr)
 	d := net.Dialer{Timeout: 30 * time.Second, KeepAlive: time.Minute}
 	if u.Scheme == "tcp" || u.Scheme == "mqtt" {

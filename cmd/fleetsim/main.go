@@ -22,6 +22,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"runtime/debug"
 	"runtime/pprof"
 	"strconv"
 	"strings"
@@ -60,6 +61,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	plotFile := fs.String("plot", "", "draw the timeline as a PNG chart in this file")
 	quiet := fs.BoolP("quiet", "q", false, "no progress line")
 	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile of the run to this file (go tool pprof FILE)")
+	memLimit := fs.String("memory-limit", "", "let the run use about this much memory (such as 8GiB or 500MiB): the garbage collector then runs when the heap has grown to five times what is live, or when the process nears the limit, instead of at twice; faster for large fleets. Default: Go's usual collector")
 	burstProfile := fs.String("cpuprofile-burst", "", "write a CPU profile of the migration burst only (the ten virtual minutes after the change) to this file")
 	mqttURL := fs.String("mqtt", "", "run against a separately started mdm-broker serve at this MQTT address instead of in process: tcp://HOST:PORT (its --mqtt-tcp; connect tokens) or tls://HOST:PORT (its --mqtt; device certificates)")
 	enrollURL := fs.String("mqtt-enroll", "", "with --mqtt: where enrolling clients connect, when the broker takes them on a listener of their own (Mosquitto: see scripts/mosquitto); default --mqtt")
@@ -128,6 +130,15 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	}
 	if !*quiet && isTerminal(stderr) {
 		cfg.Progress = func(p fleetsim.Progress) { progressLine(stderr, p) }
+	}
+	if *memLimit != "" {
+		limit, err := parseSize(*memLimit)
+		if err != nil {
+			fmt.Fprintf(stderr, "fleetsim: --memory-limit: %v\n", err)
+			return 2
+		}
+		debug.SetMemoryLimit(limit)
+		debug.SetGCPercent(limitedGCPercent)
 	}
 	if *cpuProfile != "" && *burstProfile != "" {
 		fmt.Fprintln(stderr, "fleetsim: --cpuprofile and --cpuprofile-burst: Go runs one CPU profile at a time; give one of them")
@@ -294,4 +305,36 @@ func progressLine(w io.Writer, p fleetsim.Progress) {
 	fmt.Fprintf(w, "\r\033[Kvirtual %s of %s  office365 %d  intune %d  %.0f check-ins/s",
 		fleetsim.Duration(p.Virtual.Round(time.Minute)), fleetsim.Duration(p.End),
 		p.ByAuthority[protocol.AuthorityOffice365], p.ByAuthority[protocol.AuthorityIntune], p.CheckInsPS)
+}
+
+// limitedGCPercent is the garbage collector's growth target (GOGC) under
+// --memory-limit: the heap may grow to five times what is live before a
+// collection, unless the process nears the limit first. A large fleet's
+// live memory is mostly long-lived sessions, and each collection scans
+// all of it: collecting at twice the live heap, Go's default, took about
+// 40% of the CPU in the 100,000-device migration burst.
+const limitedGCPercent = 400
+
+// parseSize parses a size in bytes with an optional unit: B, KiB, MiB,
+// GiB, TiB (powers of 1,024; K, M, G and T, with or without a trailing B
+// or iB, mean the same).
+func parseSize(s string) (int64, error) {
+	t := strings.TrimSpace(s)
+	i := len(t)
+	for i > 0 && (t[i-1] < '0' || t[i-1] > '9') && t[i-1] != '.' {
+		i--
+	}
+	num, unit := t[:i], strings.ToUpper(strings.TrimSpace(t[i:]))
+	unit = strings.TrimSuffix(strings.TrimSuffix(unit, "B"), "I")
+	shift := map[string]uint{"": 0, "K": 10, "M": 20, "G": 30, "T": 40}
+	sh, ok := shift[unit]
+	v, err := strconv.ParseFloat(num, 64)
+	if !ok || err != nil || v <= 0 || v*float64(uint64(1)<<sh) >= 1<<62 {
+		return 0, fmt.Errorf("%q is not a size: want a positive number with an optional unit, such as 8GiB or 512MiB", s)
+	}
+	n := int64(v * float64(uint64(1)<<sh))
+	if n < 64<<20 {
+		return 0, fmt.Errorf("%q is too small: a run needs at least 64MiB", s)
+	}
+	return n, nil
 }

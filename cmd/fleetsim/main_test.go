@@ -88,7 +88,8 @@ func TestFlagErrors(t *testing.T) {
 	for _, args := range [][]string{{"--mix", "ios=x"}, {"--mix", "nokia=3"}, {"extra"}, {"--scenario", "/nonexistent.json"}, {"--devices", "-5"},
 		{"--mqtt", "tcp://127.0.0.1:1"}, {"--mqtt", "tcp://127.0.0.1:1", "--admin-token", "/nonexistent"}, {"--mqtt", "ftp://x", "--admin-token", "main.go"},
 		{"--mqtt", "tcp://127.0.0.1:1", "--admin-token", "main.go", "--enrollment-token", "main.go", "--shard", "2/2"},
-		{"--cpuprofile", filepath.Join(t.TempDir(), "a"), "--cpuprofile-burst", filepath.Join(t.TempDir(), "b")}} {
+		{"--cpuprofile", filepath.Join(t.TempDir(), "a"), "--cpuprofile-burst", filepath.Join(t.TempDir(), "b")},
+		{"--memory-limit", "lots"}} {
 		var out, errOut bytes.Buffer
 		code := run(context.Background(), args, &out, &errOut)
 		if code == 0 || !strings.Contains(errOut.String(), "fleetsim:") {
@@ -192,5 +193,18 @@ func TestExternalShards(t *testing.T) {
 	}
 	if v := reports[1].Validation; v.CanaryAuthority != "no canary" {
 		t.Errorf("shard 1 validation %+v; the canary is shard 0's", v)
+	}
+}
+
+func TestParseSize(t *testing.T) {
+	for in, want := range map[string]int64{"8GiB": 8 << 30, "8G": 8 << 30, "8gb": 8 << 30, "512MiB": 512 << 20, "1.5GiB": 3 << 29, "100000000": 100000000, " 2 TiB ": 2 << 40} {
+		if got, err := parseSize(in); err != nil || got != want {
+			t.Errorf("parseSize(%q) = %d, %v; want %d", in, got, err, want)
+		}
+	}
+	for _, in := range []string{"", "GiB", "8XB", "-1GiB", "0", "1KiB", "1e30", "8 GiB GiB", "NaN"} {
+		if got, err := parseSize(in); err == nil {
+			t.Errorf("parseSize(%q) = %d; want an error", in, got)
+		}
 	}
 }
