@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"runtime"
 	"sync"
 	"time"
 
@@ -178,6 +179,10 @@ func (g *groupCommit) do(db *bolt.DB, fn func(*Tx) error) error {
 	g.leading = true
 	g.mu.Unlock()
 	if lead {
+		// Let the callers that are ready to run get here first: on a
+		// machine with few cores, they would otherwise start only once
+		// this commit is done, and every commit would carry one call.
+		runtime.Gosched()
 		for {
 			g.mu.Lock()
 			calls := g.pending

@@ -435,6 +435,8 @@ func (c *mqttConn) subscribe(filter string) error {
 // and when the write fails (which ends the session). On net.Pipe it
 // returns only once the broker has read the packet, which it does after it
 // has handled the previous one: back-pressure, as a device would feel.
+// The payload is copied into the packet: the caller may reuse it once
+// Publish returns.
 func (c *mqttConn) Publish(topic string, payload []byte) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()

@@ -191,6 +191,7 @@ type sim struct {
 	svcDown    bool        // and the service
 	restarts   int         // restart steps so far
 	retryRand  *mrand.Rand // reconnection delays, from the seed
+	encoded    []byte      // the buffer of apply's messages
 	profiling  bool        // the burst's CPU profile runs
 	profileErr error       // it could not start
 }
@@ -788,11 +789,14 @@ func (s *sim) apply(d *simDevice, out agent.Output) {
 	}
 	for _, env := range out.Send {
 		if d.online {
-			payload, err := protocol.Encode(env)
+			// Publish copies the payload into its packet: one buffer
+			// serves every message the loop sends.
+			payload, err := protocol.Append(s.encoded[:0], env)
 			if err != nil {
 				s.stats.encodeErrors++
 				continue
 			}
+			s.encoded = payload
 			s.work.Add(1)
 			if err := d.client.Publish(protocol.UplinkTopic(s.tenant, d.core.State().Device), payload); err != nil {
 				s.work.Add(-1)
