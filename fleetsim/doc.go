@@ -10,9 +10,15 @@
 // token to enroll, then the device's connect token (a password bound to
 // its certificate). The simulator drives the cores with one shared timer
 // heap, not a goroutine per timer. A device's MQTT session is a lean
-// MQTT 3.1.1 client built on mochi's packet codec (one goroutine per
-// session), not paho: at 100,000 devices the client's cost per message
-// and per idle session matters.
+// MQTT 3.1.1 client built on mochi's packet codec, not paho: at 100,000
+// devices the client's cost per message and per idle session matters. In
+// process a session has no goroutine of its own: the device writes to
+// the broker through a net.Pipe, and what the broker writes is decoded
+// and handed to the device in the broker's own writing goroutine
+// (directConn). Over the network it has one, the reader.
+//
+// Config.BurstProfile takes a CPU profile of the migration burst alone,
+// the window that run.burst_checkins_per_s measures.
 //
 // Time is virtual. The clock stands still while anything is in flight (a
 // message published and not yet handled, by a device or by the service:
