@@ -666,8 +666,7 @@ func (s *Service) catalog() ([]Profile, error) {
 func (s *Service) commandResult(id string, r *protocol.CommandResult) error {
 	now := s.opts.Clock.Now()
 	replayed := false
-	err := s.store.Batch(func(tx *Tx) error {
-		replayed = false
+	err := s.store.Update(func(tx *Tx) error {
 		if d, err := tx.Device(id); err != nil {
 			return err
 		} else if !d.Managed() {

@@ -88,9 +88,11 @@ func TestWipeAndRetire(t *testing.T) {
 			case <-time.After(30 * time.Second):
 				t.Fatal("the agent did not stop after the command")
 			}
-			if d := deviceOf(t, s, a.id); d.State == broker.DeviceEnrolled {
-				t.Errorf("the service still manages the device (%s)", d.State)
-			}
+			// The broker acknowledges the result before the service has
+			// recorded it: the agent may stop first.
+			waitFor(t, "the service to record the "+action.String(), func() bool {
+				return deviceOf(t, s, a.id).State != broker.DeviceEnrolled
+			})
 			if files := profileFiles(t, a.dir); len(files) != 0 {
 				t.Errorf("profile files left: %q", files)
 			}
