@@ -24,7 +24,7 @@ const housekeepingEvery = time.Minute
 // slowHousekeeping sets mochi's housekeeping tickers to every. mochi has
 // no option for them, so it reaches them by name in its unexported event
 // loop; any change of that layout in a new mochi version is an error here
-// (NewBroker fails and TestSlowHousekeeping says why), not a silent no-op.
+// (NewBroker logs it, and TestSlowHousekeeping fails), not a silent no-op.
 func slowHousekeeping(s *mqtt.Server, every time.Duration) error {
 	loop := reflect.ValueOf(s).Elem().FieldByName("loop")
 	if !loop.IsValid() || loop.Kind() != reflect.Pointer || loop.IsNil() || loop.Type().Elem().Kind() != reflect.Struct {

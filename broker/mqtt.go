@@ -77,7 +77,9 @@ func NewBroker(svc *Service, logger *slog.Logger) (*Broker, error) {
 	s := mqtt.New(&mqtt.Options{InlineClient: true, Capabilities: caps,
 		Logger: slog.New(minLevel{logger.Handler(), slog.LevelError})})
 	if err := slowHousekeeping(s, housekeepingEvery); err != nil {
-		return nil, fmt.Errorf("broker: %w", err)
+		// Slower at scale, not wrong: TestSlowHousekeeping catches it
+		// when mochi is upgraded.
+		logger.Warn("broker: mochi's housekeeping stays at every second", "err", err)
 	}
 	b := &Broker{server: s, svc: svc, log: logger, badInput: newRateLog(logger, svc.opts.Clock)}
 	if err := s.AddHook(&authHook{svc: svc, log: newRateLog(logger, svc.opts.Clock), broker: b}, nil); err != nil {

@@ -765,16 +765,25 @@ func (s *Service) complianceReport(id string, env *protocol.Envelope, r *protoco
 	now := s.opts.Clock.Now()
 	// Batched: every device that moves reports its compliance under the
 	// new authority right after its check-in, as many at once as check in.
-	return s.store.Batch(func(tx *Tx) error {
+	// A refusal is not an error of the transaction, which would roll back
+	// the whole batch and run the others again: it is returned after.
+	var refused error
+	err := s.store.Batch(func(tx *Tx) error {
+		refused = nil
 		d, err := tx.Device(id)
-		if err != nil {
+		if errors.Is(err, ErrNotFound) {
+			refused = err
+			return nil
+		} else if err != nil {
 			return err
 		}
 		if !d.Managed() {
-			return fmt.Errorf("compliance report of %s device %s: %w", d.State, id, ErrUnexpected)
+			refused = fmt.Errorf("compliance report of %s device %s: %w", d.State, id, ErrUnexpected)
+			return nil
 		}
 		if err := d.replayed(env); err != nil {
-			return fmt.Errorf("compliance report of %s: %w", id, err)
+			refused = fmt.Errorf("compliance report of %s: %w", id, err)
+			return nil
 		}
 		d.LastMessage, d.LastMessageSent = env.ID, env.Sent.Time()
 		d.Compliance, d.ComplianceReportedAt = r.Compliance, now
@@ -783,6 +792,10 @@ func (s *Service) complianceReport(id string, env *protocol.Envelope, r *protoco
 		}
 		return tx.PutDevice(d)
 	})
+	if err != nil {
+		return fmt.Errorf("compliance report of %s: %w", id, err)
+	}
+	return refused
 }
 
 func (s *Service) unenroll(id string) error {

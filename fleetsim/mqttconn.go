@@ -80,12 +80,14 @@ type mqttOptions struct {
 	Subscribe string
 	// OnMessage is called with the payload of each PUBLISH received, in
 	// order: during dialMQTT from the dialing goroutine, then from the
-	// session's reader goroutine. The payload is the callee's to keep.
-	// OnMessage must not block for long, and must not call Publish or
-	// Close: on an unbuffered transport (net.Pipe) the broker may be
+	// session's reader goroutine; in a direct session (dialMQTTDirect)
+	// from the broker's goroutine that writes to the device, while the
+	// broker holds that client's lock. The payload is the callee's to
+	// keep. OnMessage must not block for long, and must not call Publish
+	// or Close: on an unbuffered transport (net.Pipe) the broker may be
 	// waiting for the reader to take its next packet before it reads what
-	// Publish writes, and Close waits for the reader. Nil discards
-	// messages.
+	// Publish writes, and Close waits for the reader. It is not called
+	// once Close has returned. Nil discards messages.
 	OnMessage func(payload []byte)
 	// Timeout bounds the wait for CONNACK and SUBACK, and the DISCONNECT
 	// written by Close; default 30s.
@@ -116,10 +118,13 @@ type mqttConn struct {
 	// A direct session (dialMQTTDirect) has no reader: the broker's
 	// writes come to deliver, one at a time. The handshake's answers
 	// (CONNACK, SUBACK) go to the dialing goroutine through answers.
-	direct    bool
-	handshook atomic.Bool          // CONNACK and SUBACK have come
-	answers   chan *packets.Packet // CONNACK and SUBACK, for the dialer
-	partial   []byte               // the start of a packet split across writes; as deliver
+	direct      bool
+	connacked   atomic.Bool          // the CONNACK has come
+	handshook   atomic.Bool          // CONNACK and SUBACK have come
+	answers     chan *packets.Packet // CONNACK and SUBACK, for the dialer
+	handshakeBy time.Time            // the handshake's deadline; as the dialer
+	partial     []byte               // the start of a packet split across writes; as deliver
+	delivering  sync.Mutex           // held by deliver, and by Close once the session has ended
 
 	mu     sync.Mutex // serialises writes; held while writing
 	nextID uint16     // the last packet id used
@@ -217,11 +222,32 @@ func dialMQTTDirect(nc net.Conn, be *directConn, start func(), o mqttOptions) (*
 	if err := c.handshake(o); err != nil {
 		c.end(err)
 		c.ackers.Wait()
-		<-c.done // the broker closes its end once the pipe is closed
+		// The broker closes its end once it sees the pipe closed; a
+		// broker that never does is no reason to hang.
+		c.awaitRelease()
 		return nil, err
 	}
 	c.handshook.Store(true)
 	return c, nil
+}
+
+// awaitRelease waits, up to the session's timeout, until the broker has
+// closed its end of a direct session, and reports whether it did. For a
+// session with a reader, it waits until the reader has returned, which
+// closing the connection ensures.
+func (c *mqttConn) awaitRelease() bool {
+	if !c.direct {
+		<-c.done
+		return true
+	}
+	t := time.NewTimer(c.timeout)
+	defer t.Stop()
+	select {
+	case <-c.done:
+		return true
+	case <-t.C:
+		return false
+	}
 }
 
 // deliver decodes and handles the packets the broker wrote in p. A packet
@@ -229,14 +255,19 @@ func dialMQTTDirect(nc net.Conn, be *directConn, start func(), o mqttOptions) (*
 // packets, but nothing in net.Conn promises it). An error ends the
 // session.
 func (c *mqttConn) deliver(p []byte) error {
-	if c.Err() != nil {
-		return net.ErrClosed
-	}
+	c.delivering.Lock()
+	defer c.delivering.Unlock()
 	if len(c.partial) > 0 {
 		p = append(c.partial, p...)
 		c.partial = nil
 	}
 	for len(p) > 0 {
+		// Nothing is delivered once the session has ended, Close
+		// included: the broker's writes after that fail, as they would
+		// on a closed connection.
+		if c.Err() != nil {
+			return net.ErrClosed
+		}
 		n, complete, err := c.deliverOne(p)
 		if err != nil {
 			err = fmt.Errorf("mqtt session %s: %w", c.id, err)
@@ -286,10 +317,13 @@ func (c *mqttConn) deliverOne(p []byte) (n int, complete bool, err error) {
 		return 0, false, err
 	}
 	switch t := pk.FixedHeader.Type; {
+	case !c.connacked.Load() && t != packets.Connack:
+		return 0, false, fmt.Errorf("the broker answered CONNECT with %s instead of CONNACK", packetName(t))
 	case t == packets.Connack || t == packets.Suback:
-		if c.handshook.Load() {
+		if c.handshook.Load() || (t == packets.Connack && c.connacked.Load()) {
 			return 0, false, fmt.Errorf("unexpected %s packet from the broker", packetName(t))
 		}
+		c.connacked.Store(true)
 		answer := *pk
 		answer.ReasonCodes = slices.Clone(pk.ReasonCodes)
 		select {
@@ -308,7 +342,7 @@ func (c *mqttConn) deliverOne(p []byte) (n int, complete bool, err error) {
 // nextAnswer waits for the next CONNACK or SUBACK of a direct session's
 // handshake, until the deadline.
 func (c *mqttConn) nextAnswer(pk *packets.Packet) error {
-	t := time.NewTimer(c.timeout)
+	t := time.NewTimer(time.Until(c.handshakeBy))
 	defer t.Stop()
 	select {
 	case a := <-c.answers:
@@ -325,7 +359,7 @@ func (c *mqttConn) nextAnswer(pk *packets.Packet) error {
 			return c.Err()
 		}
 	case <-t.C:
-		return fmt.Errorf("no answer within %s", c.timeout)
+		return fmt.Errorf("no answer within %s of connecting", c.timeout)
 	}
 }
 
@@ -335,7 +369,8 @@ func (c *mqttConn) finish() { c.doneOnce.Do(func() { close(c.done) }) }
 // handshake sends CONNECT and SUBSCRIBE and waits for their answers, all
 // within the timeout.
 func (c *mqttConn) handshake(o mqttOptions) error {
-	if err := c.nc.SetDeadline(time.Now().Add(o.Timeout)); err != nil {
+	c.handshakeBy = time.Now().Add(o.Timeout)
+	if err := c.nc.SetDeadline(c.handshakeBy); err != nil {
 		return fmt.Errorf("mqtt connect %s: %w", c.id, err)
 	}
 	connect := packets.Packet{
@@ -473,9 +508,11 @@ func (c *mqttConn) failed(err error) {
 }
 
 // Close sends DISCONNECT (unless the session has already ended), closes
-// the connection and waits for the reader goroutine to return. It returns
-// an error only when DISCONNECT could not be written for another reason
-// than the connection having closed already. Closing twice is harmless.
+// the connection and waits for the reader goroutine to return, or for a
+// direct session until the broker has let it go (up to the timeout). It
+// returns an error when DISCONNECT could not be written for another
+// reason than the connection having closed already, or when a direct
+// session's broker did not let go. Closing twice is harmless.
 func (c *mqttConn) Close() error {
 	c.closeOnce.Do(func() { c.closeErr = c.close() })
 	return c.closeErr
@@ -506,7 +543,14 @@ func (c *mqttConn) close() error {
 		}
 	}
 	c.nc.Close()
-	<-c.done
+	if c.direct {
+		// A delivery under way finishes first; none starts after.
+		c.delivering.Lock()
+		c.delivering.Unlock()
+	}
+	if !c.awaitRelease() && err == nil {
+		err = fmt.Errorf("mqtt disconnect %s: the broker did not let the session go within %s", c.id, c.timeout)
+	}
 	c.ackers.Wait()
 	return err
 }

@@ -1147,6 +1147,7 @@ func newDeliverConn(t testing.TB, onMessage func([]byte)) *mqttConn {
 	t.Cleanup(func() { client.Close(); server.Close() })
 	c := &mqttConn{nc: client, onMessage: onMessage, id: "d-test", timeout: time.Second, done: make(chan struct{}),
 		direct: true, answers: make(chan *packets.Packet, 1)}
+	c.connacked.Store(true)
 	c.handshook.Store(true)
 	t.Cleanup(func() { c.end(errMQTTClosed); c.ackers.Wait() })
 	return c
@@ -1219,6 +1220,26 @@ func TestMQTTConnDeliver(t *testing.T) {
 			t.Errorf("payload %q after the broker reused its buffer; want %q", got, "keep")
 		}
 	})
+	t.Run("PUBLISH before CONNACK", func(t *testing.T) {
+		c := newDeliverConn(t, func([]byte) { t.Error("a message was delivered before CONNACK") })
+		c.connacked.Store(false)
+		c.handshook.Store(false)
+		if err := c.deliver(publish("early", 0)); err == nil || !strings.Contains(err.Error(), "answered CONNECT with PUBLISH instead of CONNACK") {
+			t.Fatalf("deliver = %v; want the CONNACK missing", err)
+		}
+	})
+	t.Run("nothing after Close", func(t *testing.T) {
+		var got []string
+		c := newDeliverConn(t, func(p []byte) { got = append(got, string(p)) })
+		c.direct = true
+		c.end(errMQTTClosed) // as Close does first
+		if err := c.deliver(append(publish("one", 0), publish("two", 0)...)); err == nil {
+			t.Error("deliver after the session ended = nil; want an error")
+		}
+		if len(got) != 0 {
+			t.Errorf("delivered %q after the session ended", got)
+		}
+	})
 	for _, tt := range []struct {
 		name string
 		data []byte
@@ -1269,6 +1290,68 @@ func FuzzMQTTConnDeliver(f *testing.F) {
 				failed = true
 			}
 			data = data[k:]
+		}
+	})
+}
+
+// TestMQTTConnDirectWedgedBroker checks that a direct session does not
+// hang on a broker that stops answering: neither dialing, when it never
+// answers, nor Close, when it answered and then stopped reading without
+// letting the session go.
+func TestMQTTConnDirectWedgedBroker(t *testing.T) {
+	o := mqttOptions{ClientID: "d-test", Subscribe: "mdm/v1/contoso/dev/d-test/down", Timeout: 200 * time.Millisecond}
+	t.Run("dial", func(t *testing.T) {
+		client, server := newDirectPipe()
+		defer server.Conn.Close()
+		start := time.Now()
+		_, err := dialMQTTDirect(client, server, func() {}, o) // nobody serves it
+		if err == nil {
+			t.Fatal("dialMQTTDirect to a broker that never reads = nil error")
+		}
+		if took := time.Since(start); took > 5*time.Second {
+			t.Errorf("dialMQTTDirect took %s; want about twice the timeout", took)
+		}
+	})
+	t.Run("close", func(t *testing.T) {
+		client, server := newDirectPipe()
+		defer server.Conn.Close()
+		serve := func() {
+			go func() {
+				br := bufio.NewReader(server.Conn)
+				for range 2 { // CONNECT, SUBSCRIBE; then it stops reading
+					var fh packets.FixedHeader
+					b, err := br.ReadByte()
+					if err != nil {
+						return
+					}
+					fh.Decode(b)
+					n, _, _ := packets.DecodeLength(br)
+					body := make([]byte, n)
+					io.ReadFull(br, body)
+					var answer []byte
+					if fh.Type == packets.Connect {
+						answer = mqttEncode(t, packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Connack}})
+					} else {
+						pk := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Suback}, ProtocolVersion: 4, PacketID: 1, ReasonCodes: []byte{1}}
+						var b bytes.Buffer
+						pk.SubackEncode(&b)
+						answer = b.Bytes()
+					}
+					server.Write(answer)
+				}
+			}()
+		}
+		c, err := dialMQTTDirect(client, server, serve, o)
+		if err != nil {
+			t.Fatal(err)
+		}
+		start := time.Now()
+		err = c.Close()
+		if err == nil {
+			t.Error("Close with a broker that never let the session go = nil; want an error saying so")
+		}
+		if took := time.Since(start); took > 5*time.Second {
+			t.Errorf("Close took %s; want about twice the timeout", took)
 		}
 	})
 }

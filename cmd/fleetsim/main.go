@@ -61,7 +61,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	plotFile := fs.String("plot", "", "draw the timeline as a PNG chart in this file")
 	quiet := fs.BoolP("quiet", "q", false, "no progress line")
 	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile of the run to this file (go tool pprof FILE)")
-	memLimit := fs.String("memory-limit", "", "let the run use about this much memory (such as 8GiB or 500MiB): the garbage collector then runs when the heap has grown to five times what is live, or when the process nears the limit, instead of at twice; faster for large fleets. Default: Go's usual collector")
+	memLimit := fs.String("memory-limit", "", "let the run use about this much memory (such as 8GiB or 500MiB): the garbage collector then runs when the heap has grown to five times what is live, or when the process nears the limit, instead of at twice; faster when the limit is well above twice the live memory (see the README's Scale section). Overrides GOGC and GOMEMLIMIT. Default: Go's usual collector")
 	burstProfile := fs.String("cpuprofile-burst", "", "write a CPU profile of the migration burst only (the ten virtual minutes after the change) to this file")
 	mqttURL := fs.String("mqtt", "", "run against a separately started mdm-broker serve at this MQTT address instead of in process: tcp://HOST:PORT (its --mqtt-tcp; connect tokens) or tls://HOST:PORT (its --mqtt; device certificates)")
 	enrollURL := fs.String("mqtt-enroll", "", "with --mqtt: where enrolling clients connect, when the broker takes them on a listener of their own (Mosquitto: see scripts/mosquitto); default --mqtt")
@@ -131,14 +131,12 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	if !*quiet && isTerminal(stderr) {
 		cfg.Progress = func(p fleetsim.Progress) { progressLine(stderr, p) }
 	}
+	var limit int64
 	if *memLimit != "" {
-		limit, err := parseSize(*memLimit)
-		if err != nil {
+		if limit, err = parseSize(*memLimit); err != nil {
 			fmt.Fprintf(stderr, "fleetsim: --memory-limit: %v\n", err)
 			return 2
 		}
-		debug.SetMemoryLimit(limit)
-		debug.SetGCPercent(limitedGCPercent)
 	}
 	if *cpuProfile != "" && *burstProfile != "" {
 		fmt.Fprintln(stderr, "fleetsim: --cpuprofile and --cpuprofile-burst: Go runs one CPU profile at a time; give one of them")
@@ -166,6 +164,10 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		defer f.Close()
 		cfg.BurstProfile = f
 	}
+	if limit > 0 {
+		debug.SetMemoryLimit(limit)
+		debug.SetGCPercent(limitedGCPercent)
+	}
 	r, err := fleetsim.Run(ctx, cfg)
 	if cfg.Progress != nil {
 		fmt.Fprint(stderr, "\r\033[K")
@@ -179,6 +181,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		return 1
 	}
 	r.WriteSummary(stdout)
+	if *burstProfile != "" && r.Run.BurstCheckInsPerSec == 0 {
+		fmt.Fprintln(stderr, "fleetsim: --cpuprofile-burst: the run had no whole migration burst (no authority change, or the run ended within ten virtual minutes of it): the profile is empty or partial")
+	}
 	if *report != "" {
 		b, _ := json.MarshalIndent(r, "", "  ")
 		if err := os.WriteFile(*report, append(b, '\n'), 0o644); err != nil {
