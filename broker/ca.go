@@ -485,6 +485,19 @@ func (ca *CA) issue(tmpl *x509.Certificate, pub any) ([]byte, *x509.Certificate,
 	return der, cert, nil
 }
 
+// splitHosts splits a server certificate's names into DNS names and IP
+// addresses.
+func splitHosts(names []string) (dns []string, ips []net.IP) {
+	for _, n := range names {
+		if ip := net.ParseIP(n); ip != nil {
+			ips = append(ips, ip)
+		} else {
+			dns = append(dns, n)
+		}
+	}
+	return dns, ips
+}
+
 // ServerCertificate issues a TLS server certificate for the given DNS names
 // and IPs, valid from 5 minutes before now until now+validity, with a fresh
 // ECDSA P-256 key. The result carries the leaf and the CA certificate as its

@@ -119,15 +119,7 @@ func (b *Broker) Connect(conn net.Conn) error {
 // requested but checked at MQTT CONNECT against the service's clock, not in
 // the TLS handshake, so that a simulator's virtual time governs expiry.
 func (b *Broker) ListenTLS(addr string, names []string) (net.Addr, error) {
-	var dns []string
-	var ips []net.IP
-	for _, n := range names {
-		if ip := net.ParseIP(n); ip != nil {
-			ips = append(ips, ip)
-		} else {
-			dns = append(dns, n)
-		}
-	}
+	dns, ips := splitHosts(names)
 	cert, err := b.svc.ca.ServerCertificate(dns, ips, b.svc.opts.Clock.Now(), 365*24*time.Hour)
 	if err != nil {
 		return nil, fmt.Errorf("listen %s: %w", addr, err)

@@ -10,7 +10,6 @@ import (
 	"fmt"
 	"hash/fnv"
 	"log/slog"
-	"net"
 	"net/url"
 	"os"
 	"runtime"
@@ -395,15 +394,7 @@ func remoteTLS(cfg ServerConfig, ca *CA, tenant string) (*tls.Config, error) {
 // PKCS#8, mode 0600). Devices then trust the broker through the service
 // CA's certificate that they received at enrollment.
 func (ca *CA) WriteServerCertificate(names []string, now time.Time, validity time.Duration, certPath, keyPath string) error {
-	var dns []string
-	var ips []net.IP
-	for _, n := range names {
-		if ip := net.ParseIP(n); ip != nil {
-			ips = append(ips, ip)
-		} else {
-			dns = append(dns, n)
-		}
-	}
+	dns, ips := splitHosts(names)
 	cert, err := ca.ServerCertificate(dns, ips, now, validity)
 	if err != nil {
 		return err

@@ -174,7 +174,6 @@ func dialMQTT(nc net.Conn, o mqttOptions) (*mqttConn, error) {
 type directConn struct {
 	net.Conn // the pipe's broker end: Read, addresses, deadlines
 	c        *mqttConn
-	closed   sync.Once
 }
 
 // newDirectPipe returns the device's end and the broker's end of an
@@ -193,14 +192,13 @@ func (d *directConn) Write(p []byte) (int, error) {
 }
 
 // Close closes the broker's end and ends the device's session: the
-// broker has let it go.
+// broker has let it go. The pipe closes first, so that a PUBACK writer
+// blocked on it returns before the wait for it. Each step is idempotent.
 func (d *directConn) Close() error {
 	err := d.Conn.Close()
-	d.closed.Do(func() {
-		d.c.end(fmt.Errorf("mqtt session %s: %w", d.c.id, errMQTTBrokerClosed))
-		d.c.ackers.Wait()
-		d.c.finish()
-	})
+	d.c.end(fmt.Errorf("mqtt session %s: %w", d.c.id, errMQTTBrokerClosed))
+	d.c.ackers.Wait()
+	d.c.finish()
 	return err
 }
 

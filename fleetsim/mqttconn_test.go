@@ -605,6 +605,17 @@ func (f *mqttFakeBroker) expect(typ byte) (packets.Packet, error) {
 
 // write encodes pks and writes them with one Write.
 func (f *mqttFakeBroker) write(pks ...packets.Packet) error {
+	b, err := mqttEncodeAll(pks...)
+	if err != nil {
+		return err
+	}
+	_, err = f.nc.Write(b)
+	return err
+}
+
+// mqttEncodeAll encodes what a broker sends (CONNACK, SUBACK, PUBLISH,
+// PUBACK) at protocol level 4, one after the other.
+func mqttEncodeAll(pks ...packets.Packet) ([]byte, error) {
 	var buf bytes.Buffer
 	for _, pk := range pks {
 		pk.ProtocolVersion = 4
@@ -618,13 +629,14 @@ func (f *mqttFakeBroker) write(pks ...packets.Packet) error {
 			err = pk.PublishEncode(&buf)
 		case packets.Puback:
 			err = pk.PubackEncode(&buf)
+		default:
+			err = fmt.Errorf("a broker does not send %s", packetName(pk.FixedHeader.Type))
 		}
 		if err != nil {
-			return err
+			return nil, err
 		}
 	}
-	_, err := f.nc.Write(buf.Bytes())
-	return err
+	return buf.Bytes(), nil
 }
 
 // echo serves a client as a broker that answers each QoS 1 PUBLISH with
@@ -1155,21 +1167,11 @@ func newDeliverConn(t testing.TB, onMessage func([]byte)) *mqttConn {
 
 // mqttEncode encodes pk at protocol level 4.
 func mqttEncode(t testing.TB, pk packets.Packet) []byte {
-	pk.ProtocolVersion = 4
-	var b bytes.Buffer
-	var err error
-	switch pk.FixedHeader.Type {
-	case packets.Publish:
-		err = pk.PublishEncode(&b)
-	case packets.Connack:
-		err = pk.ConnackEncode(&b)
-	case packets.Puback:
-		err = pk.PubackEncode(&b)
-	}
+	b, err := mqttEncodeAll(pk)
 	if err != nil {
 		t.Fatal(err)
 	}
-	return b.Bytes()
+	return b
 }
 
 // TestMQTTConnDeliver hands a direct session what a broker could write:
@@ -1315,30 +1317,18 @@ func TestMQTTConnDirectWedgedBroker(t *testing.T) {
 	t.Run("close", func(t *testing.T) {
 		client, server := newDirectPipe()
 		defer server.Conn.Close()
+		// Reads through the pipe, answers through the direct end.
+		f := &mqttFakeBroker{nc: server, br: bufio.NewReader(server.Conn)}
 		serve := func() {
-			go func() {
-				br := bufio.NewReader(server.Conn)
-				for range 2 { // CONNECT, SUBSCRIBE; then it stops reading
-					var fh packets.FixedHeader
-					b, err := br.ReadByte()
-					if err != nil {
-						return
-					}
-					fh.Decode(b)
-					n, _, _ := packets.DecodeLength(br)
-					body := make([]byte, n)
-					io.ReadFull(br, body)
-					var answer []byte
-					if fh.Type == packets.Connect {
-						answer = mqttEncode(t, packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Connack}})
-					} else {
-						pk := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Suback}, ProtocolVersion: 4, PacketID: 1, ReasonCodes: []byte{1}}
-						var b bytes.Buffer
-						pk.SubackEncode(&b)
-						answer = b.Bytes()
-					}
-					server.Write(answer)
+			go func() { // CONNECT, SUBSCRIBE answered; then it stops reading
+				if _, err := f.expect(packets.Connect); err != nil {
+					return
 				}
+				f.write(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Connack}})
+				if _, err := f.expect(packets.Subscribe); err != nil {
+					return
+				}
+				f.write(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Suback}, PacketID: 1, ReasonCodes: []byte{1}})
 			}()
 		}
 		c, err := dialMQTTDirect(client, server, serve, o)
