@@ -191,7 +191,11 @@ type sim struct {
 	svcDown    bool        // and the service
 	restarts   int         // restart steps so far
 	retryRand  *mrand.Rand // reconnection delays, from the seed
-	encoded    []byte      // the buffer of apply's messages
+	main       *lane       // the loop's own lane
+	lanes      []*lane     // the lanes of a round handled in parallel
+	laneMin    int         // the fewest messages per lane (minLaneMessages)
+	laneRounds int         // rounds handled in parallel
+	fired      uint64      // a digest of the timers run, in order, for tests
 	profiling  bool        // the burst's CPU profile runs
 	profileErr error       // it could not start
 }
@@ -264,6 +268,12 @@ func newSim(cfg Config) (*sim, error) {
 	}
 	s := &sim{cfg: cfg, sc: cfg.Scenario, clock: &Clock{now: virtualStart}, work: newWork(), canary: -1, realStart: time.Now(),
 		tenant: "contoso", start: virtualStart, retryRand: mrand.New(mrand.NewPCG(cfg.Seed, 0x7265747279))}
+	s.main, s.laneMin = &lane{st: &s.stats}, minLaneMessages
+	for range roundLanes() {
+		l := &lane{deferred: true}
+		l.st = &l.own
+		s.lanes = append(s.lanes, l)
+	}
 	if cfg.External != nil {
 		if err := s.external(cfg.External); err != nil {
 			return nil, err
@@ -678,7 +688,7 @@ func (s *sim) newDevice(idx int, spec deviceSpec, name string) (*simDevice, erro
 	}
 	d := &simDevice{idx: idx, spec: spec, key: key}
 	d.core = agent.New(st, agent.Config{Rand: r, Facts: agent.Facts{OSVersion: osVersion(spec.platform), Passcode: true, Encrypted: true}})
-	s.apply(d, d.core.Start(s.clock.Now()))
+	s.apply(s.main, d, d.core.Start(s.clock.Now()))
 	if err := s.connect(d); err != nil {
 		return nil, err
 	}
@@ -706,7 +716,7 @@ func (s *sim) connect(d *simDevice) error {
 		// A real service may refuse or drop a connection under load: the
 		// device tries again, as the agent does.
 		s.stats.connectErrors++
-		s.retryConnect(d)
+		s.main.reconnect(s, d)
 		return nil
 	}
 	d.client, d.online = c, true
@@ -725,7 +735,7 @@ func (s *sim) connect(d *simDevice) error {
 	if _, ok := s.goAt[d.spec.platform]; ok && d.readyAt.IsZero() {
 		d.readyAt = s.clock.Now()
 	}
-	s.apply(d, d.core.Connected(s.clock.Now()))
+	s.apply(s.main, d, d.core.Connected(s.clock.Now()))
 	return nil
 }
 
@@ -745,30 +755,29 @@ func (s *sim) disconnect(d *simDevice) error {
 	}
 	d.client, d.online = nil, false
 	d.core.Disconnected(s.clock.Now())
-	s.schedule(d)
+	s.schedule(s.main, d)
 	return nil
 }
 
 // lose handles a session that ended without the device closing it: a
 // refused publish, or a broker that dropped it. The device is offline and
 // tries to connect again after a reconnect backoff.
-func (s *sim) lose(d *simDevice, c *mqttConn) {
+func (s *sim) lose(l *lane, d *simDevice, c *mqttConn) {
 	if d.client != c || !d.online {
 		return // an older session
 	}
-	s.stats.sessionsLost++
+	l.st.sessionsLost++
 	c.Close()
 	d.client, d.online = nil, false
 	d.core.Disconnected(s.clock.Now())
-	s.schedule(d)
-	s.retryConnect(d)
+	s.schedule(l, d)
+	l.reconnect(s, d)
 }
 
-// retryConnect schedules a device's next connection attempt, one to 30
-// seconds from now.
-func (s *sim) retryConnect(d *simDevice) {
-	d.retry = true
-	s.timers.add(s.clock.Now().Add(time.Second+time.Duration(s.retryRand.Int64N(int64(29*time.Second)))), evReconnect, d.idx)
+// retryDelay is the wait before a device's next connection attempt, one
+// to 30 seconds.
+func (s *sim) retryDelay() time.Duration {
+	return time.Second + time.Duration(s.retryRand.Int64N(int64(29*time.Second)))
 }
 
 // receive queues a message a device received; the loop handles it.
@@ -779,48 +788,49 @@ func (s *sim) receive(dev int, payload []byte) {
 	s.work.signal()
 }
 
-// apply carries out what a core asked for.
-func (s *sim) apply(d *simDevice, out agent.Output) {
+// apply carries out what a core asked for, in lane l.
+func (s *sim) apply(l *lane, d *simDevice, out agent.Output) {
 	now := s.clock.Now()
 	for _, c := range out.Changes {
 		if c.Kind == agent.Overwritten {
-			s.stats.overwritten++
+			l.st.overwritten++
 		}
 	}
 	for _, env := range out.Send {
 		if d.online {
 			// Publish copies the payload into its packet: one buffer
-			// serves every message the loop sends.
-			payload, err := protocol.Append(s.encoded[:0], env)
+			// serves every message the lane sends.
+			payload, err := protocol.Append(l.encoded[:0], env)
 			if err != nil {
-				s.stats.encodeErrors++
+				l.st.encodeErrors++
 				continue
 			}
-			s.encoded = payload
+			l.encoded = payload
 			s.work.Add(1)
 			if err := d.client.Publish(protocol.UplinkTopic(s.tenant, d.core.State().Device), payload); err != nil {
 				s.work.Add(-1)
-				s.lose(d, d.client)
+				s.lose(l, d, d.client)
 				continue
 			}
 			if env.Kind() == protocol.KindCheckIn {
-				s.stats.checkInsSent++
+				l.st.checkInsSent++
 			}
-			s.apply(d, d.core.Published(env))
+			s.apply(l, d, d.core.Published(env))
 		}
 	}
 	for _, lock := range out.Locks {
-		s.stats.locks++
-		s.apply(d, d.core.Finish(now, lock.ID, protocol.CommandDone, ""))
+		l.st.locks++
+		s.apply(l, d, d.core.Finish(now, lock.ID, protocol.CommandDone, ""))
 	}
 	if out.Stop != "" {
 		d.stopped = true
 	}
-	s.schedule(d)
+	s.schedule(l, d)
 }
 
-// schedule puts the device's next wake-up on the timer heap.
-func (s *sim) schedule(d *simDevice) {
+// schedule puts the device's next wake-up on the timer heap, through
+// lane l.
+func (s *sim) schedule(l *lane, d *simDevice) {
 	next := d.core.NextWake()
 	if next.IsZero() {
 		return
@@ -835,15 +845,15 @@ func (s *sim) schedule(d *simDevice) {
 		return
 	}
 	d.wakeAt = next
-	s.timers.add(next, evDevice, d.idx)
+	l.wake(s, d, next)
 }
 
-// handle processes one message a device received.
-func (s *sim) handle(in inbound) {
+// handle processes one message a device received, in lane l.
+func (s *sim) handle(l *lane, in inbound) {
 	d := s.devices[in.dev]
 	if in.lost != nil {
 		if d != nil {
-			s.lose(d, in.lost)
+			s.lose(l, d, in.lost)
 		}
 		return
 	}
@@ -853,18 +863,18 @@ func (s *sim) handle(in inbound) {
 	}
 	env, err := protocol.Decode(in.payload)
 	if err != nil {
-		s.stats.decodeErrors++
+		l.st.decodeErrors++
 		return
 	}
 	now := s.clock.Now()
 	if resp, ok := env.Body.(*protocol.CheckInResponse); ok {
 		if resp.Error == protocol.CodeNone {
-			s.stats.checkInsOK++
+			l.st.checkInsOK++
 		} else {
-			s.stats.failed(resp.Error)
+			l.st.failed(resp.Error)
 		}
 	}
-	s.apply(d, d.core.Receive(now, env))
+	s.apply(l, d, d.core.Receive(now, env))
 	if d.migratedAt.IsZero() && s.to != 0 && d.core.State().Authority == s.to && !s.changeAt.IsZero() && !now.Before(s.changeAt) {
 		d.migratedAt = now
 	}
@@ -887,9 +897,7 @@ func (s *sim) settle(ctx context.Context) error {
 		s.inboxMu.Unlock()
 		if batch != nil {
 			slices.SortStableFunc(batch, func(a, b inbound) int { return a.dev - b.dev })
-			for _, in := range batch {
-				s.handle(in)
-			}
+			s.handleRound(batch)
 			waited = time.Now()
 			continue
 		}
@@ -916,7 +924,7 @@ func (s *sim) drain() bool {
 	s.inbox = nil
 	s.inboxMu.Unlock()
 	for _, in := range batch {
-		s.handle(in)
+		s.handle(s.main, in)
 	}
 	return len(batch) > 0
 }
@@ -1025,6 +1033,7 @@ func (s *sim) loopShared(ctx context.Context) error {
 // fire runs one timer.
 func (s *sim) fire(e event) error {
 	now := s.clock.Now()
+	s.fired = (s.fired ^ uint64(e.at.UnixNano()) ^ uint64(e.kind)<<56 ^ uint64(e.arg)<<8) * 0x100000001b3
 	switch e.kind {
 	case evEnroll:
 		d, err := s.newDevice(e.arg, s.fleet[e.arg], fmt.Sprintf("sim-%05d", e.arg))
@@ -1038,7 +1047,7 @@ func (s *sim) fire(e event) error {
 			return nil // superseded
 		}
 		d.wakeAt = time.Time{}
-		s.apply(d, d.core.Tick(now))
+		s.apply(s.main, d, d.core.Tick(now))
 	case evToggle:
 		d := s.devices[e.arg]
 		goingOffline := d.toggle%2 == 0

@@ -15,9 +15,18 @@ import (
 // simulation, for tests that look at single devices.
 func runSim(t *testing.T, cfg Config) (*sim, *Report) {
 	t.Helper()
+	return runSimWith(t, cfg, nil)
+}
+
+// runSimWith is runSim with a change to the simulation before it starts.
+func runSimWith(t *testing.T, cfg Config, setup func(*sim)) (*sim, *Report) {
+	t.Helper()
 	s, err := newSim(cfg)
 	if err != nil {
 		t.Fatal(err)
+	}
+	if setup != nil {
+		setup(s)
 	}
 	t.Cleanup(s.close)
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
