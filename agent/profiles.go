@@ -92,8 +92,10 @@ func applyDesired(installed []Profile, a protocol.Authority, desired []protocol.
 		want[key{desired[i].Type, desired[i].Name}] = &desired[i]
 	}
 	current := make(map[key]*Profile)
-	var out []Profile
-	var changes []Change
+	// At most every installed and every desired profile: one allocation
+	// each, not one per append.
+	out := make([]Profile, 0, len(installed)+len(desired))
+	changes := make([]Change, 0, len(installed)+len(desired))
 	for _, p := range installed {
 		if p.Authority == a {
 			current[key{p.Type, p.Name}] = &p
@@ -154,6 +156,12 @@ func applyDesired(installed []Profile, a protocol.Authority, desired []protocol.
 	}
 	sortProfiles(out)
 	out, changes = capRetained(out, changes)
+	if len(out) == 0 {
+		out = nil // as before the preallocation: no profiles is nil
+	}
+	if len(changes) == 0 {
+		changes = nil
+	}
 	return out, changes
 }
 
