@@ -292,10 +292,16 @@ func (s *Service) schedulePush(tx *Tx, d *Device, reason protocol.PushReason, no
 func (s *Service) DuePushes(max int) ([]Outgoing, error) {
 	now := s.opts.Clock.Now()
 	t := s.Tenant()
-	var due bool
-	if err := s.store.View(func(tx *Tx) error { due = len(tx.duePushes(now, 1)) > 0; return nil }); err != nil || !due {
+	var due []string
+	if err := s.store.View(func(tx *Tx) error {
+		for _, key := range tx.duePushes(now, max) {
+			due = append(due, pushKeyDevice(key))
+		}
+		return nil
+	}); err != nil || len(due) == 0 {
 		return nil, err // nothing due: no write transaction
 	}
+	read := s.store.readDevices(due)
 	var out []Outgoing
 	retries := 0
 	err := s.store.Update(func(tx *Tx) error {
@@ -304,7 +310,8 @@ func (s *Service) DuePushes(max int) ([]Outgoing, error) {
 			if err := tx.deletePushKey(key); err != nil {
 				return err
 			}
-			d, err := tx.Device(pushKeyDevice(key))
+			id := pushKeyDevice(key)
+			d, err := tx.deviceFrom(id, read[id])
 			if errors.Is(err, ErrNotFound) {
 				continue // a device removed since: nothing to push
 			} else if err != nil {
@@ -516,9 +523,10 @@ func (s *Service) checkIn(id string, env *protocol.Envelope, m *protocol.CheckIn
 	var resp *protocol.CheckInResponse
 	var renewCSR []byte
 	var replay error
+	read := s.store.readDevices([]string{id})[id]
 	err = s.store.Batch(func(tx *Tx) error {
 		renewCSR, replay = nil, nil
-		d, err := tx.Device(id)
+		d, err := tx.deviceFrom(id, read)
 		if errors.Is(err, ErrNotFound) {
 			resp = refuseCheckIn(protocol.CodeNotEnrolled)
 			return nil
@@ -768,9 +776,10 @@ func (s *Service) complianceReport(id string, env *protocol.Envelope, r *protoco
 	// A refusal is not an error of the transaction, which would roll back
 	// the whole batch and run the others again: it is returned after.
 	var refused error
+	read := s.store.readDevices([]string{id})[id]
 	err := s.store.Batch(func(tx *Tx) error {
 		refused = nil
-		d, err := tx.Device(id)
+		d, err := tx.deviceFrom(id, read)
 		if errors.Is(err, ErrNotFound) {
 			refused = err
 			return nil

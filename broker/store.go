@@ -284,6 +284,74 @@ func (tx *Tx) Device(id string) (*Device, error) {
 	return &d, nil
 }
 
+// A deviceRead is a device record read and decoded outside a write
+// transaction. Decoding is most of the work of reading a record, and it can
+// run on every core, while write transactions run one at a time: a check-in
+// or a fan-out that reads its devices first leaves its write transaction
+// less to do. The transaction takes the decoded record only while the
+// stored one is still the record it was decoded from (Tx.deviceFrom).
+type deviceRead struct {
+	raw []byte  // a copy of the stored record
+	d   *Device // decoded from raw; nil once taken
+}
+
+// readDevices reads the records of the devices ids in one read-only
+// transaction and decodes them after it, on up to one goroutine per core.
+// A device that cannot be read has no entry: its write transaction reads
+// it again and sees why.
+func (s *Store) readDevices(ids []string) map[string]*deviceRead {
+	out := make(map[string]*deviceRead, len(ids))
+	reads := make([]*deviceRead, 0, len(ids))
+	s.View(func(tx *Tx) error {
+		b := tx.tx.Bucket(bucketDevices)
+		for _, id := range ids {
+			if v := b.Get([]byte(id)); v != nil {
+				r := &deviceRead{raw: bytes.Clone(v)}
+				out[id] = r
+				reads = append(reads, r)
+			}
+		}
+		return nil
+	})
+	decode := func(rs []*deviceRead) {
+		for _, r := range rs {
+			var d Device
+			if storeDec.Unmarshal(r.raw, &d) == nil {
+				r.d = &d
+			}
+		}
+	}
+	n := min(runtime.GOMAXPROCS(0), len(reads)/minDecodeShare)
+	if n < 2 {
+		decode(reads)
+		return out
+	}
+	var wg sync.WaitGroup
+	for i := range n {
+		share := reads[len(reads)*i/n : len(reads)*(i+1)/n]
+		wg.Go(func() { decode(share) })
+	}
+	wg.Wait()
+	return out
+}
+
+// minDecodeShare is the fewest records worth a goroutine of their own.
+const minDecodeShare = 64
+
+// deviceFrom is Device, taking r's decoded record when the stored record
+// is unchanged since r was read. It takes it once: the caller changes the
+// record, and a batch may run its function again. r may be nil.
+func (tx *Tx) deviceFrom(id string, r *deviceRead) (*Device, error) {
+	if r != nil && r.d != nil {
+		if v := tx.tx.Bucket(bucketDevices).Get([]byte(id)); v != nil && bytes.Equal(v, r.raw) {
+			d := r.d
+			r.d = nil
+			return d, nil
+		}
+	}
+	return tx.Device(id)
+}
+
 // PutDevice stores a device record.
 func (tx *Tx) PutDevice(d *Device) error { return tx.put(bucketDevices, []byte(d.ID), d) }
 

@@ -54,3 +54,72 @@ func TestVolatileGroupCommit(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestDeviceFrom: a write transaction takes a device record decoded
+// outside it only while the stored record is unchanged, and only once;
+// records decoded on several goroutines are those Device reads.
+func TestDeviceFrom(t *testing.T) {
+	s, err := OpenStore(filepath.Join(t.TempDir(), "mdm.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	ids := make([]string, 3*minDecodeShare)
+	err = s.Update(func(tx *Tx) error {
+		for i := range ids {
+			ids[i] = fmt.Sprintf("dev-%04d", i)
+			if err := tx.PutDevice(&Device{ID: ids[i], User: fmt.Sprintf("user%d", i), CheckIns: uint64(i)}); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	read := s.readDevices(append(ids, "missing"))
+	if _, ok := read["missing"]; ok || len(read) != len(ids) {
+		t.Fatalf("read %d records, missing one listed: %v; want %d, and no entry for it", len(read), ok, len(ids))
+	}
+	err = s.Update(func(tx *Tx) error {
+		for i, id := range ids {
+			r := read[id]
+			decoded := r.d
+			if decoded == nil || decoded.User != fmt.Sprintf("user%d", i) || decoded.CheckIns != uint64(i) {
+				t.Fatalf("%s decoded as %+v", id, decoded)
+			}
+			if i == 0 {
+				// Changed since it was read: the decoded record is stale.
+				changed := *decoded
+				changed.CheckIns = 99
+				if err := tx.PutDevice(&changed); err != nil {
+					return err
+				}
+			}
+			d, err := tx.deviceFrom(id, r)
+			if err != nil {
+				return err
+			}
+			switch {
+			case i == 0 && (d == decoded || d.CheckIns != 99):
+				t.Errorf("changed record: got %+v (the one decoded before: %v); want the stored one", d, d == decoded)
+			case i > 0 && d != decoded:
+				t.Errorf("%s: decoded again; want the record read before", id)
+			}
+			again, err := tx.deviceFrom(id, r)
+			if err != nil {
+				return err
+			}
+			if again == d {
+				t.Errorf("%s: the same record taken twice", id)
+			}
+		}
+		if _, err := tx.deviceFrom("missing", read["missing"]); !errors.Is(err, ErrNotFound) {
+			t.Errorf("missing device: %v; want ErrNotFound", err)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+}
