@@ -1,6 +1,7 @@
 package broker
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"crypto/sha256"
@@ -369,8 +370,29 @@ func (s *Service) encode(device string, replyTo protocol.MessageID, body protoco
 	if err := env.Validate(); err != nil {
 		return nil, fmt.Errorf("service message to %s breaks the protocol: %w", device, err)
 	}
-	return protocol.Encode(env)
+	// Encoded into a reused buffer and copied out at its size: most
+	// messages are pushes of a few dozen bytes, and at a fan-out's rate a
+	// buffer of Encode's usual kilobyte each is garbage the collector must
+	// keep up with.
+	buf := encodeBuffers.Get().(*[]byte)
+	b, err := protocol.Append((*buf)[:0], env)
+	var msg []byte
+	if err == nil {
+		msg = bytes.Clone(b)
+	}
+	if cap(b) <= maxPooledBuffer {
+		*buf = b[:0]
+		encodeBuffers.Put(buf)
+	}
+	return msg, err
 }
+
+// encodeBuffers are Service.encode's buffers.
+var encodeBuffers = sync.Pool{New: func() any { b := make([]byte, 0, 1024); return &b }}
+
+// maxPooledBuffer is the largest buffer kept for reuse: rare large
+// messages do not pin their memory.
+const maxPooledBuffer = 16 << 10
 
 // Errors of message handling, for the caller's counters and logs. The
 // device gets an error code in a response where the protocol has one.
