@@ -92,8 +92,8 @@ func applyDesired(installed []Profile, a protocol.Authority, desired []protocol.
 		want[key{desired[i].Type, desired[i].Name}] = &desired[i]
 	}
 	current := make(map[key]*Profile)
-	// At most every installed and every desired profile: one allocation
-	// each, not one per append.
+	// Usually at most every installed and every desired profile: one
+	// allocation each, not one per append.
 	out := make([]Profile, 0, len(installed)+len(desired))
 	changes := make([]Change, 0, len(installed)+len(desired))
 	for _, p := range installed {
@@ -157,7 +157,7 @@ func applyDesired(installed []Profile, a protocol.Authority, desired []protocol.
 	sortProfiles(out)
 	out, changes = capRetained(out, changes)
 	if len(out) == 0 {
-		out = nil // as before the preallocation: no profiles is nil
+		out = nil // no profiles is nil, as the state's readers expect
 	}
 	if len(changes) == 0 {
 		changes = nil

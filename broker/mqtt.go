@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
-	"runtime"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -171,7 +170,16 @@ func (b *Broker) onMessage(cl *mqtt.Client, _ packets.Subscription, pk packets.P
 	b.track(-1)
 }
 
+// publish publishes the service's messages. A large batch (a fan-out's) is
+// published in shares, one goroutine per core: each push goes to another
+// device, so their order does not matter, and finding a device's session
+// in the broker's topic tree costs more than the rest. A device's answers
+// (a message or two) are published in order.
 func (b *Broker) publish(out []Outgoing) {
+	inShares(len(out), minShare, func(lo, hi int) { b.publishShare(out[lo:hi]) })
+}
+
+func (b *Broker) publishShare(out []Outgoing) {
 	t := b.tracker.Load()
 	for _, o := range out {
 		counted := t != nil && b.connected(o.Topic)
@@ -305,32 +313,16 @@ func (b *Broker) disconnect(id string) {
 }
 
 // PublishDuePushes publishes up to max pushes that are due and returns
-// how many it published. The fan-out calls it at its rate.
-//
-// A large fan-out is published from one goroutine per core: each push goes
-// to another device, so their order does not matter, and finding a
-// device's session in the broker's topic tree costs more than the rest.
+// how many it published: one step of the fan-out, for a caller that runs
+// it on a clock of its own (the simulator's). RunFanOut runs it on ticks.
 func (b *Broker) PublishDuePushes(max int) (int, error) {
 	out, err := b.svc.DuePushes(max)
 	if err != nil {
 		return 0, err
 	}
-	n := min(runtime.GOMAXPROCS(0), len(out)/minPublishShare)
-	if n < 2 {
-		b.publish(out)
-		return len(out), nil
-	}
-	var wg sync.WaitGroup
-	for i := range n {
-		share := out[len(out)*i/n : len(out)*(i+1)/n]
-		wg.Go(func() { b.publish(share) })
-	}
-	wg.Wait()
+	b.publish(out)
 	return len(out), nil
 }
-
-// minPublishShare is the fewest pushes worth a goroutine of their own.
-const minPublishShare = 64
 
 // RunFanOut publishes the pushes that are due, at most perTick of them at
 // each tick, until ctx is done: with a tick every interval, the fan-out

@@ -293,16 +293,25 @@ func (s *Service) schedulePush(tx *Tx, d *Device, reason protocol.PushReason, no
 func (s *Service) DuePushes(max int) ([]Outgoing, error) {
 	now := s.opts.Clock.Now()
 	t := s.Tenant()
-	var due []string
+	// The due devices' records are read here and decoded on every core;
+	// the write transaction takes those that are unchanged.
+	read := map[string]*deviceRead{}
+	var reads []*deviceRead
+	var due bool
 	if err := s.store.View(func(tx *Tx) error {
 		for _, key := range tx.duePushes(now, max) {
-			due = append(due, pushKeyDevice(key))
+			due = true
+			id := pushKeyDevice(key)
+			if r := tx.readDevice(id); r != nil {
+				read[id] = r
+				reads = append(reads, r)
+			}
 		}
 		return nil
-	}); err != nil || len(due) == 0 {
+	}); err != nil || !due {
 		return nil, err // nothing due: no write transaction
 	}
-	read := s.store.readDevices(due)
+	decodeReads(reads)
 	var out []Outgoing
 	retries := 0
 	err := s.store.Update(func(tx *Tx) error {
@@ -534,6 +543,7 @@ func refuseCheckIn(code protocol.ErrorCode) *protocol.CheckInResponse {
 // answered with a refusal and changes nothing.
 func (s *Service) checkIn(id string, env *protocol.Envelope, m *protocol.CheckIn) (*protocol.CheckInResponse, error) {
 	now := s.opts.Clock.Now()
+	read := s.store.readDevice(id) // decoded here, while other commits run
 	t, catalog, release, err := s.snapshot()
 	if err != nil {
 		return nil, err
@@ -545,7 +555,6 @@ func (s *Service) checkIn(id string, env *protocol.Envelope, m *protocol.CheckIn
 	var resp *protocol.CheckInResponse
 	var renewCSR []byte
 	var replay error
-	read := s.store.readDevices([]string{id})[id]
 	err = s.store.Batch(func(tx *Tx) error {
 		renewCSR, replay = nil, nil
 		d, err := tx.deviceFrom(id, read)
@@ -798,7 +807,7 @@ func (s *Service) complianceReport(id string, env *protocol.Envelope, r *protoco
 	// A refusal is not an error of the transaction, which would roll back
 	// the whole batch and run the others again: it is returned after.
 	var refused error
-	read := s.store.readDevices([]string{id})[id]
+	read := s.store.readDevice(id) // decoded here, while other commits run
 	err := s.store.Batch(func(tx *Tx) error {
 		refused = nil
 		d, err := tx.deviceFrom(id, read)

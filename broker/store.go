@@ -284,6 +284,15 @@ func (tx *Tx) Device(id string) (*Device, error) {
 	return &d, nil
 }
 
+// decodeDevice decodes a stored device record.
+func decodeDevice(v []byte) (*Device, error) {
+	var d Device
+	if err := storeDec.Unmarshal(v, &d); err != nil {
+		return nil, err
+	}
+	return &d, nil
+}
+
 // A deviceRead is a device record read and decoded outside a write
 // transaction. Decoding is most of the work of reading a record, and it can
 // run on every core, while write transactions run one at a time: a check-in
@@ -295,48 +304,66 @@ type deviceRead struct {
 	d   *Device // decoded from raw; nil once taken
 }
 
-// readDevices reads the records of the devices ids in one read-only
-// transaction and decodes them after it, on up to one goroutine per core.
-// A device that cannot be read has no entry: its write transaction reads
-// it again and sees why.
-func (s *Store) readDevices(ids []string) map[string]*deviceRead {
-	out := make(map[string]*deviceRead, len(ids))
-	reads := make([]*deviceRead, 0, len(ids))
-	s.View(func(tx *Tx) error {
-		b := tx.tx.Bucket(bucketDevices)
-		for _, id := range ids {
-			if v := b.Get([]byte(id)); v != nil {
-				r := &deviceRead{raw: bytes.Clone(v)}
-				out[id] = r
-				reads = append(reads, r)
-			}
-		}
-		return nil
-	})
-	decode := func(rs []*deviceRead) {
-		for _, r := range rs {
-			var d Device
-			if storeDec.Unmarshal(r.raw, &d) == nil {
-				r.d = &d
-			}
-		}
+// readDevice reads a device's record, to decode outside the transaction:
+// nil when there is none.
+func (tx *Tx) readDevice(id string) *deviceRead {
+	if v := tx.tx.Bucket(bucketDevices).Get([]byte(id)); v != nil {
+		return &deviceRead{raw: bytes.Clone(v)}
 	}
-	n := min(runtime.GOMAXPROCS(0), len(reads)/minDecodeShare)
-	if n < 2 {
-		decode(reads)
-		return out
-	}
-	var wg sync.WaitGroup
-	for i := range n {
-		share := reads[len(reads)*i/n : len(reads)*(i+1)/n]
-		wg.Go(func() { decode(share) })
-	}
-	wg.Wait()
-	return out
+	return nil
 }
 
-// minDecodeShare is the fewest records worth a goroutine of their own.
-const minDecodeShare = 64
+// readDevice reads and decodes a device's record outside a write
+// transaction. It returns nil when the record cannot be read: the write
+// transaction then reads it again and reports why.
+func (s *Store) readDevice(id string) *deviceRead {
+	var r *deviceRead
+	_ = s.View(func(tx *Tx) error { r = tx.readDevice(id); return nil })
+	if r != nil {
+		r.decode()
+	}
+	return r
+}
+
+// decode decodes the record; a record that does not decode leaves d nil,
+// for the write transaction to report.
+func (r *deviceRead) decode() {
+	if d, err := decodeDevice(r.raw); err == nil {
+		r.d = d
+	}
+}
+
+// decodeReads decodes records read outside a write transaction, in shares
+// on up to one goroutine per core.
+func decodeReads(rs []*deviceRead) {
+	inShares(len(rs), minShare, func(lo, hi int) {
+		for _, r := range rs[lo:hi] {
+			r.decode()
+		}
+	})
+}
+
+// inShares calls fn on consecutive shares [lo, hi) of n items, at once,
+// on up to one goroutine per core, each share at least minShare items
+// long; with fewer items it calls fn once on the caller's goroutine.
+func inShares(n, minShare int, fn func(lo, hi int)) {
+	k := min(runtime.GOMAXPROCS(0), n/minShare)
+	if k < 2 {
+		if n > 0 {
+			fn(0, n)
+		}
+		return
+	}
+	var wg sync.WaitGroup
+	for i := range k {
+		wg.Go(func() { fn(n*i/k, n*(i+1)/k) })
+	}
+	wg.Wait()
+}
+
+// minShare is the fewest items (records to decode, messages to publish)
+// worth a goroutine of their own.
+const minShare = 64
 
 // deviceFrom is Device, taking r's decoded record when the stored record
 // is unchanged since r was read. It takes it once: the caller changes the
@@ -374,11 +401,11 @@ func (tx *Tx) DeleteDevice(d *Device) error {
 // error.
 func (tx *Tx) Devices(fn func(*Device) error) error {
 	return tx.tx.Bucket(bucketDevices).ForEach(func(k, v []byte) error {
-		var d Device
-		if err := storeDec.Unmarshal(v, &d); err != nil {
+		d, err := decodeDevice(v)
+		if err != nil {
 			return fmt.Errorf("read device %q: %w", k, err)
 		}
-		return fn(&d)
+		return fn(d)
 	})
 }
 

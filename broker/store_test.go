@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"path/filepath"
+	"runtime"
 	"sync"
 	"testing"
 )
@@ -64,7 +65,7 @@ func TestDeviceFrom(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer s.Close()
-	ids := make([]string, 3*minDecodeShare)
+	ids := make([]string, 3*minShare)
 	err = s.Update(func(tx *Tx) error {
 		for i := range ids {
 			ids[i] = fmt.Sprintf("dev-%04d", i)
@@ -77,9 +78,28 @@ func TestDeviceFrom(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	read := s.readDevices(append(ids, "missing"))
+	// As the fan-out reads: in one transaction, decoded in shares after.
+	read := map[string]*deviceRead{}
+	var reads []*deviceRead
+	s.View(func(tx *Tx) error {
+		for _, id := range append(ids, "missing") {
+			if r := tx.readDevice(id); r != nil {
+				read[id] = r
+				reads = append(reads, r)
+			}
+		}
+		return nil
+	})
 	if _, ok := read["missing"]; ok || len(read) != len(ids) {
 		t.Fatalf("read %d records, missing one listed: %v; want %d, and no entry for it", len(read), ok, len(ids))
+	}
+	decodeReads(reads)
+	// As a check-in reads: one record.
+	if r := s.readDevice(ids[1]); r == nil || r.d == nil || r.d.User != "user1" {
+		t.Fatalf("readDevice(%s) = %+v; want its record decoded", ids[1], r)
+	}
+	if r := s.readDevice("missing"); r != nil {
+		t.Fatalf("readDevice(missing) = %+v; want nil", r)
 	}
 	err = s.Update(func(tx *Tx) error {
 		for i, id := range ids {
@@ -121,5 +141,31 @@ func TestDeviceFrom(t *testing.T) {
 	})
 	if err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestInShares: the shares cover every item once; small batches stay on
+// the caller's goroutine.
+func TestInShares(t *testing.T) {
+	for _, n := range []int{0, 1, minShare - 1, 2*minShare - 1, 2 * minShare, 1000} {
+		var mu sync.Mutex
+		seen := make([]int, n)
+		calls := 0
+		inShares(n, minShare, func(lo, hi int) {
+			mu.Lock()
+			defer mu.Unlock()
+			calls++
+			for i := lo; i < hi; i++ {
+				seen[i]++
+			}
+		})
+		for i, c := range seen {
+			if c != 1 {
+				t.Fatalf("n=%d: item %d in %d shares; want 1", n, i, c)
+			}
+		}
+		if want := min(runtime.GOMAXPROCS(0), max(1, n/minShare)); n > 0 && calls != want {
+			t.Errorf("n=%d: %d shares; want %d", n, calls, want)
+		}
 	}
 }

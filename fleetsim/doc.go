@@ -25,8 +25,13 @@
 // the broker reports its part through broker.Tracker) and jumps to the
 // next timer when the fleet is quiescent. Messages are handled in rounds:
 // once everything in flight has reached the devices' inbox, the inbox is
-// handled in device order. Results therefore do not depend on the host's
-// speed, and one seed gives the same fleet, schedule and figures.
+// handled in device order. A large round (a migration burst's) is split
+// at device boundaries over one lane per core, which handle their devices
+// at once: devices do not affect each other, and what a lane changes
+// beyond its devices (the run's counters, wake-ups, reconnection delays)
+// is added to the run in device order afterwards, as one lane would have.
+// Results therefore do not depend on the host's speed or its cores, and
+// one seed gives the same fleet, schedule and figures.
 //
 // With Config.External the same scenario runs against a separately
 // started service (mdm-broker serve) over TCP or TLS, its admin steps

@@ -18,10 +18,10 @@ import (
 // are then the same as if one lane had handled the round alone. The loop's
 // own lane changes the run at once.
 //
-// Handling a round in parallel keeps both cores busy in a migration
-// burst: the loop no longer waits for the broker to read each of its
-// devices' messages in turn, and the service gets more check-ins at once
-// to share a store commit.
+// Handling a round in parallel keeps every core busy in a migration burst:
+// while one lane waits for the broker to read a device's message, another
+// goes on, and the service gets more check-ins at once to share a store
+// commit.
 type lane struct {
 	st       *stats // the counters it adds to: the run's, or own
 	encoded  []byte // the buffer of the lane's messages

@@ -17,7 +17,7 @@ func TestLanesSameFigures(t *testing.T) {
 	one, a := runSimWith(t, cfg, func(s *sim) { s.laneMin = 1 << 30 })
 	many, b := runSimWith(t, cfg, func(s *sim) {
 		s.laneMin = 2
-		for range 3 { // five lanes, more than the cores
+		for range 3 { // three lanes more than cores
 			l := &lane{deferred: true}
 			l.st = &l.own
 			s.lanes = append(s.lanes, l)

@@ -780,7 +780,8 @@ func (s *sim) retryDelay() time.Duration {
 	return time.Second + time.Duration(s.retryRand.Int64N(int64(29*time.Second)))
 }
 
-// receive queues a message a device received; the loop handles it.
+// receive queues a message a device received; the loop handles it, in
+// its next round.
 func (s *sim) receive(dev int, payload []byte) {
 	s.inboxMu.Lock()
 	s.inbox = append(s.inbox, inbound{dev: dev, payload: payload})
