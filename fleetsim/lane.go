@@ -4,8 +4,6 @@ import (
 	"runtime"
 	"sync"
 	"time"
-
-	"github.com/mdm-authority/mdm/protocol"
 )
 
 // A lane is where handling devices' messages leaves what it changes
@@ -29,6 +27,13 @@ type lane struct {
 
 	own    stats       // a deferred lane's counters
 	timers []laneTimer // a deferred lane's timers, in the order asked
+}
+
+// newDeferredLane returns a lane that keeps its changes until merge.
+func newDeferredLane() *lane {
+	l := &lane{deferred: true}
+	l.st = &l.own
+	return l
 }
 
 // laneTimer is a timer a deferred lane keeps: a device's wake-up at at, or
@@ -61,22 +66,10 @@ func (l *lane) reconnect(s *sim, d *simDevice) {
 
 // merge adds what deferred lane l kept to the run, and empties it.
 func (s *sim) merge(l *lane) {
-	st := &l.own
-	s.stats.checkInsSent += st.checkInsSent
-	s.stats.checkInsOK += st.checkInsOK
-	for code, n := range st.failedByCode {
-		if s.stats.failedByCode == nil {
-			s.stats.failedByCode = map[protocol.ErrorCode]int{}
-		}
-		s.stats.failedByCode[code] += n
-	}
-	s.stats.overwritten += st.overwritten
-	s.stats.locks += st.locks
-	s.stats.encodeErrors += st.encodeErrors
-	s.stats.decodeErrors += st.decodeErrors
-	s.stats.sessionsLost += st.sessionsLost
-	clear(st.failedByCode)
-	l.own = stats{failedByCode: st.failedByCode}
+	s.stats.add(&l.own)
+	failed := l.own.failedByCode
+	clear(failed)
+	l.own = stats{failedByCode: failed} // the map is kept for the next round
 	for _, t := range l.timers {
 		if t.reconnect {
 			s.timers.add(t.at.Add(s.retryDelay()), evReconnect, t.dev)

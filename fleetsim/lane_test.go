@@ -18,9 +18,7 @@ func TestLanesSameFigures(t *testing.T) {
 	many, b := runSimWith(t, cfg, func(s *sim) {
 		s.laneMin = 2
 		for range 3 { // three lanes more than cores
-			l := &lane{deferred: true}
-			l.st = &l.own
-			s.lanes = append(s.lanes, l)
+			s.lanes = append(s.lanes, newDeferredLane())
 		}
 	})
 	if one.laneRounds != 0 || many.laneRounds == 0 {
@@ -59,11 +57,7 @@ func TestLaneMerge(t *testing.T) {
 	direct := newTestSim()
 	steps(direct, direct.main, direct.main)
 	merged := newTestSim()
-	var lanes [2]*lane
-	for i := range lanes {
-		lanes[i] = &lane{deferred: true}
-		lanes[i].st = &lanes[i].own
-	}
+	lanes := [2]*lane{newDeferredLane(), newDeferredLane()}
 	steps(merged, lanes[0], lanes[1])
 	if n := len(merged.timers.h); n != 0 {
 		t.Fatalf("%d timers before the merge; want none", n)

@@ -38,6 +38,24 @@ func (st *stats) failed(code protocol.ErrorCode) {
 	st.failedByCode[code]++
 }
 
+// add adds the message counters of o, which a lane kept (see lane), to
+// st.
+func (st *stats) add(o *stats) {
+	st.checkInsSent += o.checkInsSent
+	st.checkInsOK += o.checkInsOK
+	for code, n := range o.failedByCode {
+		if st.failedByCode == nil {
+			st.failedByCode = map[protocol.ErrorCode]int{}
+		}
+		st.failedByCode[code] += n
+	}
+	st.overwritten += o.overwritten
+	st.locks += o.locks
+	st.encodeErrors += o.encodeErrors
+	st.decodeErrors += o.decodeErrors
+	st.sessionsLost += o.sessionsLost
+}
+
 // Sample is one row of the timeline: the fleet at a virtual time.
 type Sample struct {
 	T                int64          `json:"t_s"` // virtual seconds since the start

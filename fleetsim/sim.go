@@ -270,9 +270,7 @@ func newSim(cfg Config) (*sim, error) {
 		tenant: "contoso", start: virtualStart, retryRand: mrand.New(mrand.NewPCG(cfg.Seed, 0x7265747279))}
 	s.main, s.laneMin = &lane{st: &s.stats}, minLaneMessages
 	for range roundLanes() {
-		l := &lane{deferred: true}
-		l.st = &l.own
-		s.lanes = append(s.lanes, l)
+		s.lanes = append(s.lanes, newDeferredLane())
 	}
 	if cfg.External != nil {
 		if err := s.external(cfg.External); err != nil {
