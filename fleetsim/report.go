@@ -237,6 +237,9 @@ type RunReport struct {
 	// simulator's share of the fleet ("0/4"); both empty in process.
 	Service string `json:"service,omitempty"`
 	Shard   string `json:"shard,omitempty"`
+	// Host is the machine the simulator ran on, and its collector
+	// settings; in external mode the service's machine is another.
+	Host HostReport `json:"host"`
 }
 
 // report builds the report at the end of the run.
@@ -254,7 +257,8 @@ func (s *sim) report() *Report {
 		Run: RunReport{WallSeconds: wall, PeakRSSBytes: runtimeRSS(),
 			CheckInsPerSec: float64(s.stats.checkInsSent) / wall, VirtualSeconds: int64(s.end.Sub(s.start) / time.Second),
 			BurstCheckInsPerSec: s.burst.rate(), ConnectsPerSec: s.enrolling.rate(), Connects: s.stats.connects,
-			Restarts: s.restarts, ConnectErrors: s.stats.connectErrors, SessionsLost: s.stats.sessionsLost},
+			Restarts: s.restarts, ConnectErrors: s.stats.connectErrors, SessionsLost: s.stats.sessionsLost,
+			Host: host()},
 	}
 	if s.ext != nil {
 		r.Run.Service, r.Run.Shard = s.ext.MQTT, fmt.Sprintf("%d/%d", s.ext.Shard, s.ext.Shards)
@@ -385,6 +389,7 @@ func (r *Report) WriteSummary(w io.Writer) error {
 	p("final\toffice365 %d, intune %d\n", r.Final["office365"], r.Final["intune"])
 	p("run\t%.1f s wall for %s virtual, %.0f check-ins/s (%.0f in the migration burst), %.0f connects/s while enrolling, peak RSS %d MiB\n",
 		r.Run.WallSeconds, secs(r.Run.VirtualSeconds), r.Run.CheckInsPerSec, r.Run.BurstCheckInsPerSec, r.Run.ConnectsPerSec, r.Run.PeakRSSBytes>>20)
+	p("host\t%s\n", r.Run.Host)
 	return tw.Flush()
 }
 

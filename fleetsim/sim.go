@@ -17,7 +17,6 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
-	"runtime"
 	"runtime/pprof"
 	"slices"
 	"sync"
@@ -1350,43 +1349,6 @@ func (s *sim) byAuthority() map[protocol.Authority]int {
 		}
 	}
 	return m
-}
-
-// runtimeRSS returns the peak resident set size of the process, from
-// /proc on Linux; zero elsewhere.
-func runtimeRSS() uint64 {
-	if runtime.GOOS != "linux" {
-		return 0
-	}
-	f, err := os.Open("/proc/self/status")
-	if err != nil {
-		return 0
-	}
-	defer f.Close()
-	b, _ := io.ReadAll(io.LimitReader(f, 1<<16))
-	var kb uint64
-	for _, line := range splitLines(string(b)) {
-		if n, _ := fmt.Sscanf(line, "VmHWM: %d kB", &kb); n == 1 {
-			return kb * 1024
-		}
-	}
-	return 0
-}
-
-func splitLines(s string) []string {
-	var out []string
-	for len(s) > 0 {
-		i := 0
-		for i < len(s) && s[i] != '\n' {
-			i++
-		}
-		out = append(out, s[:i])
-		if i < len(s) {
-			i++
-		}
-		s = s[i:]
-	}
-	return out
 }
 
 // settingsOf turns a scenario's settings into the protocol's, in key order
