@@ -67,10 +67,13 @@ type Store struct {
 func OpenStore(path string) (*Store, error) {
 	// The freelist is rebuilt at open instead of written at every commit,
 	// as etcd runs bbolt: commits write less, and durability is the same.
+	// bbolt's statistics are never read here, and keeping them costs
+	// every transaction shared counters.
 	db, err := bolt.Open(path, 0o600, &bolt.Options{
 		Timeout:        2 * time.Second,
 		NoFreelistSync: true,
 		FreelistType:   bolt.FreelistMapType,
+		NoStatistics:   true,
 	})
 	if err != nil {
 		if errors.Is(err, bolt.ErrTimeout) {
