@@ -67,8 +67,9 @@ type Store struct {
 func OpenStore(path string) (*Store, error) {
 	// The freelist is rebuilt at open instead of written at every commit,
 	// as etcd runs bbolt: commits write less, and durability is the same.
-	// bbolt's statistics are never read here, and keeping them costs
-	// every transaction shared counters.
+	// The database's statistics (DB.Stats) are never read, and keeping
+	// them costs every transaction a shared lock and counters;
+	// Bucket.Stats, which queuedPushes uses, counts pages itself.
 	db, err := bolt.Open(path, 0o600, &bolt.Options{
 		Timeout:        2 * time.Second,
 		NoFreelistSync: true,

@@ -16,16 +16,25 @@ import (
 // collector settings, can be told apart: the same fleet runs at very
 // different speeds on hosts with the same core count.
 type HostReport struct {
-	// CPU is the processor's model name, as Linux reports it; empty
-	// where it does not.
-	CPU string `json:"cpu,omitempty"`
-	// CPUs counts the logical CPUs; GOMAXPROCS, those Go runs on.
+	// CPU is the processor's model name, and CPUDetail its family, model,
+	// stepping and clock, as Linux reports them on x86 (a virtual
+	// machine may show only a vendor's family name as its model name;
+	// the detail still tells processor generations apart). Empty where
+	// the system does not report them, as off Linux or on arm64.
+	CPU       string `json:"cpu,omitempty"`
+	CPUDetail string `json:"cpu_detail,omitempty"`
+	// CPUs counts the CPUs the process may use (its affinity mask), and
+	// GOMAXPROCS how many of them run Go code at once (by default the
+	// CPUs, or the cgroup's CPU quota when lower).
 	CPUs       int `json:"cpus"`
 	GOMAXPROCS int `json:"gomaxprocs"`
-	// MemoryBytes is the machine's memory (Linux); zero elsewhere.
+	// MemoryBytes is the memory of the machine or virtual machine as the
+	// kernel sees it (not a container's limit), and Kernel the kernel's
+	// release; both Linux only.
 	MemoryBytes uint64 `json:"memory_bytes,omitempty"`
-	// GCPercent is the collector's setting (GOGC; --memory-limit sets
-	// it; -1 when off), and MemoryLimitBytes the soft memory limit
+	Kernel      string `json:"kernel,omitempty"`
+	// GCPercent is the collector's setting (GOGC, which --memory-limit
+	// sets; -1 when off), and MemoryLimitBytes the soft memory limit
 	// (GOMEMLIMIT, --memory-limit), zero when there is none.
 	GCPercent        int   `json:"gc_percent"`
 	MemoryLimitBytes int64 `json:"memory_limit_bytes,omitempty"`
@@ -36,40 +45,57 @@ type HostReport struct {
 }
 
 // String describes the host in one line, as the summary shows it: "AMD
-// EPYC, 2 CPUs (GOMAXPROCS 2), 24 GiB, go1.26.8 linux/amd64, GOGC 100".
+// EPYC (family 26 model 2 stepping 1, 2096 MHz), 2 CPUs (GOMAXPROCS 2),
+// 23.5 GiB, Linux 6.1.0, go1.26.8 linux/amd64, GOGC 100".
 func (h HostReport) String() string {
-	var b strings.Builder
-	if h.CPU != "" {
-		b.WriteString(h.CPU + ", ")
+	var parts []string
+	switch {
+	case h.CPU != "" && h.CPUDetail != "":
+		parts = append(parts, h.CPU+" ("+h.CPUDetail+")")
+	case h.CPU != "" || h.CPUDetail != "":
+		parts = append(parts, h.CPU+h.CPUDetail)
 	}
-	fmt.Fprintf(&b, "%d CPUs (GOMAXPROCS %d)", h.CPUs, h.GOMAXPROCS)
+	cpus := fmt.Sprintf("%d CPUs", h.CPUs)
+	if h.CPUs == 1 {
+		cpus = "1 CPU"
+	}
+	parts = append(parts, fmt.Sprintf("%s (GOMAXPROCS %d)", cpus, h.GOMAXPROCS))
 	if h.MemoryBytes > 0 {
-		fmt.Fprintf(&b, ", %.0f GiB", float64(h.MemoryBytes)/(1<<30))
+		parts = append(parts, fmt.Sprintf("%.1f GiB", float64(h.MemoryBytes)/(1<<30)))
 	}
-	fmt.Fprintf(&b, ", %s %s, ", h.Go, h.OS)
+	if h.Kernel != "" {
+		parts = append(parts, "Linux "+h.Kernel)
+	}
+	parts = append(parts, h.Go+" "+h.OS)
 	if h.GCPercent < 0 {
-		b.WriteString("GOGC off")
+		parts = append(parts, "GOGC off")
 	} else {
-		fmt.Fprintf(&b, "GOGC %d", h.GCPercent)
+		parts = append(parts, fmt.Sprintf("GOGC %d", h.GCPercent))
 	}
 	if h.MemoryLimitBytes > 0 {
-		fmt.Fprintf(&b, ", memory limit %d MiB", h.MemoryLimitBytes>>20)
+		parts = append(parts, fmt.Sprintf("memory limit %d MiB", h.MemoryLimitBytes>>20))
 	}
-	return b.String()
+	return strings.Join(parts, ", ")
 }
 
 // host describes this machine and process.
 func host() HostReport {
 	h := HostReport{
-		CPU:  procField("/proc/cpuinfo", "model name"),
+		CPU:  procField(procCPUInfo, "model name"),
 		CPUs: runtime.NumCPU(), GOMAXPROCS: runtime.GOMAXPROCS(0),
 		MemoryBytes: procKiB("/proc/meminfo", "MemTotal"),
 		Go:          runtime.Version(), OS: runtime.GOOS + "/" + runtime.GOARCH,
 	}
+	h.CPUDetail = cpuDetail(procCPUInfo)
+	if b, err := os.ReadFile("/proc/sys/kernel/osrelease"); err == nil && len(b) < 256 {
+		h.Kernel = strings.TrimSpace(string(b))
+	}
 	gc := []metrics.Sample{{Name: "/gc/gogc:percent"}, {Name: "/gc/gomemlimit:bytes"}}
 	metrics.Read(gc)
 	if gc[0].Value.Kind() == metrics.KindUint64 {
-		h.GCPercent = int(gc[0].Value.Uint64())
+		// The runtime keeps GOGC as an int32 and reports it unsigned:
+		// off (-1) comes back as all ones.
+		h.GCPercent = int(int32(gc[0].Value.Uint64()))
 	}
 	if gc[1].Value.Kind() == metrics.KindUint64 {
 		if limit := gc[1].Value.Uint64(); limit < math.MaxInt64 {
@@ -77,6 +103,28 @@ func host() HostReport {
 		}
 	}
 	return h
+}
+
+// procCPUInfo is where Linux describes the processors.
+const procCPUInfo = "/proc/cpuinfo"
+
+// cpuDetail returns "family F model M stepping S, N MHz" from an x86
+// cpuinfo file, with what of it is there; "" when none is.
+func cpuDetail(path string) string {
+	var id []string
+	for _, key := range []string{"cpu family", "model", "stepping"} {
+		if v := procField(path, key); v != "" {
+			id = append(id, strings.TrimPrefix(key, "cpu ")+" "+v)
+		}
+	}
+	detail := strings.Join(id, " ")
+	if mhz, err := strconv.ParseFloat(procField(path, "cpu MHz"), 64); err == nil && mhz > 0 {
+		if detail != "" {
+			detail += ", "
+		}
+		detail += fmt.Sprintf("%.0f MHz", mhz)
+	}
+	return detail
 }
 
 // runtimeRSS returns the peak resident set size of the process, from

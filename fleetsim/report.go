@@ -238,7 +238,7 @@ type RunReport struct {
 	Service string `json:"service,omitempty"`
 	Shard   string `json:"shard,omitempty"`
 	// Host is the machine the simulator ran on, and its collector
-	// settings; in external mode the service's machine is another.
+	// settings; in external mode the service's machine may be another.
 	Host HostReport `json:"host"`
 }
 
