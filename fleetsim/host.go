@@ -80,13 +80,13 @@ func (h HostReport) String() string {
 
 // host describes this machine and process.
 func host() HostReport {
+	cpu := procFields("/proc/cpuinfo")
 	h := HostReport{
-		CPU:  procField(procCPUInfo, "model name"),
+		CPU: cpu["model name"], CPUDetail: cpuDetail(cpu),
 		CPUs: runtime.NumCPU(), GOMAXPROCS: runtime.GOMAXPROCS(0),
-		MemoryBytes: procKiB("/proc/meminfo", "MemTotal"),
+		MemoryBytes: kiB(procFields("/proc/meminfo")["MemTotal"]),
 		Go:          runtime.Version(), OS: runtime.GOOS + "/" + runtime.GOARCH,
 	}
-	h.CPUDetail = cpuDetail(procCPUInfo)
 	if b, err := os.ReadFile("/proc/sys/kernel/osrelease"); err == nil && len(b) < 256 {
 		h.Kernel = strings.TrimSpace(string(b))
 	}
@@ -105,20 +105,17 @@ func host() HostReport {
 	return h
 }
 
-// procCPUInfo is where Linux describes the processors.
-const procCPUInfo = "/proc/cpuinfo"
-
-// cpuDetail returns "family F model M stepping S, N MHz" from an x86
-// cpuinfo file, with what of it is there; "" when none is.
-func cpuDetail(path string) string {
+// cpuDetail returns "family F model M stepping S, N MHz" from the fields
+// of an x86 cpuinfo file, with what of it is there; "" when none is.
+func cpuDetail(cpu map[string]string) string {
 	var id []string
 	for _, key := range []string{"cpu family", "model", "stepping"} {
-		if v := procField(path, key); v != "" {
+		if v := cpu[key]; v != "" {
 			id = append(id, strings.TrimPrefix(key, "cpu ")+" "+v)
 		}
 	}
 	detail := strings.Join(id, " ")
-	if mhz, err := strconv.ParseFloat(procField(path, "cpu MHz"), 64); err == nil && mhz > 0 {
+	if mhz, err := strconv.ParseFloat(cpu["cpu MHz"], 64); err == nil && mhz > 0 {
 		if detail != "" {
 			detail += ", "
 		}
@@ -129,12 +126,11 @@ func cpuDetail(path string) string {
 
 // runtimeRSS returns the peak resident set size of the process, from
 // /proc on Linux; zero elsewhere.
-func runtimeRSS() uint64 { return procKiB("/proc/self/status", "VmHWM") }
+func runtimeRSS() uint64 { return kiB(procFields("/proc/self/status")["VmHWM"]) }
 
-// procKiB reads a "key: N kB" line of a /proc file, in bytes; zero when
-// there is none.
-func procKiB(path, key string) uint64 {
-	v, ok := strings.CutSuffix(procField(path, key), " kB")
+// kiB reads a /proc value "N kB" in bytes; zero when it is not one.
+func kiB(v string) uint64 {
+	v, ok := strings.CutSuffix(v, " kB")
 	if !ok {
 		return 0
 	}
@@ -145,23 +141,29 @@ func procKiB(path, key string) uint64 {
 	return n * 1024
 }
 
-// procField returns the value of the first "key: value" line of a /proc
-// file (the separator may be padded with spaces and tabs), or "" when the
-// file or the key is missing, as off Linux.
-func procField(path, key string) string {
+// procFields reads a /proc file of "key: value" lines (the separator may
+// be padded with spaces and tabs) into a map, keeping each key's first
+// value: cpuinfo repeats its fields for every CPU. It is empty when the
+// file is missing, as off Linux.
+func procFields(path string) map[string]string {
+	fields := map[string]string{}
 	f, err := os.Open(path)
 	if err != nil {
-		return ""
+		return fields
 	}
 	defer f.Close()
-	// The fields read here come first; a machine with many CPUs repeats
-	// cpuinfo's for each.
+	// The fields read here come first; a machine with many CPUs has a
+	// long cpuinfo.
 	b, _ := io.ReadAll(io.LimitReader(f, 1<<16))
 	for line := range strings.Lines(string(b)) {
 		k, v, ok := strings.Cut(line, ":")
-		if ok && strings.TrimRight(k, " \t") == key {
-			return strings.TrimSpace(v)
+		if !ok {
+			continue
+		}
+		k = strings.TrimRight(k, " \t")
+		if _, seen := fields[k]; !seen {
+			fields[k] = strings.TrimSpace(v)
 		}
 	}
-	return ""
+	return fields
 }

@@ -32,16 +32,16 @@ func TestProcField(t *testing.T) {
 		{meminfo, "MemFree", "1000 kB"},
 		{missing, "MemTotal", ""},
 	} {
-		if got := procField(c.path, c.key); got != c.want {
-			t.Errorf("procField(%s, %q) = %q, want %q", filepath.Base(c.path), c.key, got, c.want)
+		if got := procFields(c.path)[c.key]; got != c.want {
+			t.Errorf("procFields(%s)[%q] = %q, want %q", filepath.Base(c.path), c.key, got, c.want)
 		}
 	}
-	if got := procKiB(meminfo, "MemTotal"); got != 24683748*1024 {
-		t.Errorf("procKiB(MemTotal) = %d", got)
+	if got := kiB(procFields(meminfo)["MemTotal"]); got != 24683748*1024 {
+		t.Errorf("kiB(MemTotal) = %d", got)
 	}
 	for _, key := range []string{"HugePages_Total", "MemAvailable"} { // no unit; missing
-		if got := procKiB(meminfo, key); got != 0 {
-			t.Errorf("procKiB(%s) = %d, want 0", key, got)
+		if got := kiB(procFields(meminfo)[key]); got != 0 {
+			t.Errorf("kiB(%s) = %d, want 0", key, got)
 		}
 	}
 	arm := writeProc(t, "cpuinfo-arm", "processor\t: 0\nBogoMIPS\t: 50.00\nCPU implementer\t: 0x41\n")
@@ -50,7 +50,7 @@ func TestProcField(t *testing.T) {
 		arm:     "",
 		missing: "",
 	} {
-		if got := cpuDetail(path); got != want {
+		if got := cpuDetail(procFields(path)); got != want {
 			t.Errorf("cpuDetail(%s) = %q, want %q", filepath.Base(path), got, want)
 		}
 	}
