@@ -84,3 +84,55 @@ func TestLaneMerge(t *testing.T) {
 		t.Errorf("a lane after its merge: %+v, %d timers; want it empty", lanes[0].own, len(lanes[0].timers))
 	}
 }
+
+// TestFleetCounts: the counts the timeline samples, kept up to date as
+// devices change (over several lanes here), agree at every sample with
+// counting the devices' states afresh, in a run that ends while old
+// profiles are still retained and devices hold redundant pairs and gaps.
+func TestFleetCounts(t *testing.T) {
+	sc := DefaultScenario(2 * time.Hour)
+	sc.Duration = Duration(3 * 24 * time.Hour)
+	steps := sc.Steps[:0]
+	for _, st := range sc.Steps {
+		if st.Action == ActionEnrollCanary {
+			st.At = Duration(2 * 24 * time.Hour) // so that the counts leave it out
+		}
+		if st.At <= sc.Duration {
+			steps = append(steps, st)
+		}
+	}
+	sc.Steps = steps
+	var samples, mismatches int
+	var want fleetCounts
+	s, r := runSimWith(t, Config{Devices: 150, Seed: 5, Scenario: sc}, func(s *sim) {
+		s.laneMin = 2
+		s.lanes = append(s.lanes, newDeferredLane())
+		s.sampled = func() {
+			want = fleetCounts{}
+			for i, d := range s.devices {
+				if d != nil && i != s.canary {
+					want.change(deviceCounts{}, countDevice(d.core.State()))
+				}
+			}
+			if samples++; !reflect.DeepEqual(s.stats.fleet, want) {
+				if mismatches++; mismatches <= 3 {
+					t.Errorf("sample %d at %s: fleet counts %+v; counted afresh %+v", samples, s.clock.Now().Sub(s.start), s.stats.fleet, want)
+				}
+			}
+		}
+	})
+	if s.laneRounds == 0 || s.canary < 0 {
+		t.Fatalf("%d rounds in lanes, canary %d; want some rounds, and a canary", s.laneRounds, s.canary)
+	}
+	if mismatches > 0 {
+		t.Errorf("%d of %d samples disagreed", mismatches, samples)
+	}
+	if want.retained == 0 || want.redundant == 0 || want.gap == 0 {
+		t.Fatalf("at the end: %+v; want retained profiles, redundant pairs and gaps (the retention runs 7 days)", want)
+	}
+	last := r.Timeline[len(r.Timeline)-1]
+	if last.RetainedProfiles != r.Profiles.RetainedAtEnd || !reflect.DeepEqual(last.ByAuthority, r.Final) {
+		t.Errorf("last sample %+v; want %d retained, %v by authority, as the report counts them",
+			last, r.Profiles.RetainedAtEnd, r.Final)
+	}
+}

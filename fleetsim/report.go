@@ -29,6 +29,7 @@ type stats struct {
 	redundantMax    int
 	gapMax          int
 	timeline        []Sample
+	fleet           fleetCounts // the loop's: the fleet now; a lane's: the changes it made
 }
 
 func (st *stats) failed(code protocol.ErrorCode) {
@@ -54,6 +55,83 @@ func (st *stats) add(o *stats) {
 	st.encodeErrors += o.encodeErrors
 	st.decodeErrors += o.decodeErrors
 	st.sessionsLost += o.sessionsLost
+	st.fleet.add(&o.fleet)
+}
+
+// fleetCounts is what the timeline counts over the fleet's devices
+// (the canary apart): kept up to date as each device's state changes
+// (sim.recount), so that a sample need not visit the devices.
+type fleetCounts struct {
+	byAuthority map[protocol.Authority]int // devices by their agents' authority
+	retained    int                        // old-authority profiles kept
+	redundant   int                        // devices with a redundant pair
+	gap         int                        // devices facing a protection gap
+}
+
+// add adds o's counts (a lane's changes) to f.
+func (f *fleetCounts) add(o *fleetCounts) {
+	for a, n := range o.byAuthority {
+		f.count(a, n)
+	}
+	f.retained += o.retained
+	f.redundant += o.redundant
+	f.gap += o.gap
+}
+
+// count adds n devices (n may be negative) on authority a.
+func (f *fleetCounts) count(a protocol.Authority, n int) {
+	if f.byAuthority == nil {
+		f.byAuthority = map[protocol.Authority]int{}
+	}
+	if f.byAuthority[a] += n; f.byAuthority[a] == 0 {
+		delete(f.byAuthority, a)
+	}
+}
+
+// change moves one device's counts from was to now.
+func (f *fleetCounts) change(was, now deviceCounts) {
+	if was.counted {
+		f.count(was.authority, -1)
+		f.retained -= was.retained
+		f.redundant -= b2i(was.redundant)
+		f.gap -= b2i(was.gap)
+	}
+	f.count(now.authority, 1)
+	f.retained += now.retained
+	f.redundant += b2i(now.redundant)
+	f.gap += b2i(now.gap)
+}
+
+func b2i(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
+}
+
+// deviceCounts is what one device adds to fleetCounts.
+type deviceCounts struct {
+	counted   bool // in the fleet's counts
+	authority protocol.Authority
+	retained  int
+	redundant bool
+	gap       bool
+}
+
+// countDevice returns what the device with state st adds to the fleet's
+// counts.
+func countDevice(st *agent.State) deviceCounts {
+	c := deviceCounts{counted: true, authority: st.Authority}
+	for i := range st.Profiles {
+		if st.Profiles[i].Retained() {
+			c.retained++
+		}
+	}
+	if c.retained > 0 { // neither a redundant pair nor a gap without a retained profile
+		c.redundant = len(agent.Redundant(st.Profiles, st.Authority)) > 0
+		c.gap = len(agent.Gaps(st.Profiles, st.Authority)) > 0
+	}
+	return c
 }
 
 // Sample is one row of the timeline: the fleet at a virtual time.
@@ -71,43 +149,16 @@ type Sample struct {
 	failedTotal map[protocol.ErrorCode]int
 }
 
-// sample adds a timeline row for now.
+// sample adds a timeline row for now, from the fleet's counts.
 func (s *sim) sample() {
 	now := s.clock.Now()
 	row := Sample{T: int64(now.Sub(s.start) / time.Second), ByAuthority: map[string]int{}, Failed: map[string]int{}}
-	var by [protocol.AuthorityOffice365 + 1]int
-	for _, d := range s.devices {
-		if d == nil || d.canary {
-			continue
-		}
-		st := d.core.State()
-		if int(st.Authority) < len(by) {
-			by[st.Authority]++
-		} else {
-			row.ByAuthority[st.Authority.String()]++
-		}
-		retained := 0
-		for i := range st.Profiles {
-			if st.Profiles[i].Retained() {
-				retained++
-			}
-		}
-		if retained == 0 {
-			continue // neither a redundant pair nor a gap without a retained profile
-		}
-		row.RetainedProfiles += retained
-		if len(agent.Redundant(st.Profiles, st.Authority)) > 0 {
-			row.RedundantDevices++
-		}
-		if len(agent.Gaps(st.Profiles, st.Authority)) > 0 {
-			row.GapDevices++
-		}
+	for a, n := range s.stats.fleet.byAuthority {
+		row.ByAuthority[a.String()] += n
 	}
-	for a, n := range by {
-		if n > 0 {
-			row.ByAuthority[protocol.Authority(a).String()] += n
-		}
-	}
+	row.RetainedProfiles = s.stats.fleet.retained
+	row.RedundantDevices = s.stats.fleet.redundant
+	row.GapDevices = s.stats.fleet.gap
 	okBefore := 0
 	var failedBefore map[protocol.ErrorCode]int
 	if n := len(s.stats.timeline); n > 0 {
@@ -125,6 +176,9 @@ func (s *sim) sample() {
 	s.stats.redundantMax = max(s.stats.redundantMax, row.RedundantDevices)
 	s.stats.gapMax = max(s.stats.gapMax, row.GapDevices)
 	s.stats.timeline = append(s.stats.timeline, row)
+	if s.sampled != nil {
+		s.sampled()
+	}
 }
 
 // Report is what a run found; its JSON keys are documented in the README.

@@ -138,7 +138,8 @@ type simDevice struct {
 	readyAt    time.Time // first online once it could migrate
 	canary     bool
 	stopped    bool
-	retry      bool // to connect again once a restarted broker is back
+	retry      bool         // to connect again once a restarted broker is back
+	counts     deviceCounts // what the device adds to the fleet's counts
 }
 
 // inbound is a message a device received, or the news that its session
@@ -193,6 +194,7 @@ type sim struct {
 	main       *lane       // the loop's own lane
 	lanes      []*lane     // the lanes of a round handled in parallel
 	laneMin    int         // the fewest messages per lane (minLaneMessages)
+	sampled    func()      // for tests: called after each timeline sample
 	laneRounds int         // rounds handled in parallel
 	fired      uint64      // a digest of the timers run, in order, for tests
 	profiling  bool        // the burst's CPU profile runs
@@ -677,13 +679,13 @@ func (s *sim) enrollFleet(ctx context.Context) error {
 }
 
 // newDevice enrolls a device, connects it and starts its core.
-func (s *sim) newDevice(idx int, spec deviceSpec, name string) (*simDevice, error) {
+func (s *sim) newDevice(idx int, spec deviceSpec, name string, canary bool) (*simDevice, error) {
 	r := mrand.New(mrand.NewPCG(s.cfg.Seed, uint64(idx)+1))
 	st, key, err := s.enroll(spec, name, r)
 	if err != nil {
 		return nil, err
 	}
-	d := &simDevice{idx: idx, spec: spec, key: key}
+	d := &simDevice{idx: idx, spec: spec, key: key, canary: canary}
 	d.core = agent.New(st, agent.Config{Rand: r, Facts: agent.Facts{OSVersion: osVersion(spec.platform), Passcode: true, Encrypted: true}})
 	s.apply(s.main, d, d.core.Start(s.clock.Now()))
 	if err := s.connect(d); err != nil {
@@ -823,7 +825,21 @@ func (s *sim) apply(l *lane, d *simDevice, out agent.Output) {
 	if out.Stop != "" {
 		d.stopped = true
 	}
+	s.recount(l, d)
 	s.schedule(l, d)
+}
+
+// recount brings the device's part of the fleet's counts up to date, in
+// lane l. Every call that can change a core's state is followed by apply,
+// and so by recount.
+func (s *sim) recount(l *lane, d *simDevice) {
+	if d.canary {
+		return
+	}
+	if c := countDevice(d.core.State()); c != d.counts {
+		l.st.fleet.change(d.counts, c)
+		d.counts = c
+	}
 }
 
 // schedule puts the device's next wake-up on the timer heap, through
@@ -988,7 +1004,7 @@ func (s *sim) progress(m *progressMeter) {
 		return
 	}
 	s.cfg.Progress(Progress{Virtual: s.clock.Now().Sub(s.start), End: time.Duration(s.sc.Duration),
-		ByAuthority: s.byAuthority(), CheckInsPS: float64(s.stats.checkInsSent-m.checkIns) / time.Since(m.last).Seconds()})
+		ByAuthority: maps.Clone(s.stats.fleet.byAuthority), CheckInsPS: float64(s.stats.checkInsSent-m.checkIns) / time.Since(m.last).Seconds()})
 	m.last, m.checkIns = time.Now(), s.stats.checkInsSent
 }
 
@@ -1034,7 +1050,7 @@ func (s *sim) fire(e event) error {
 	s.fired = (s.fired ^ uint64(e.at.UnixNano()) ^ uint64(e.kind)<<56 ^ uint64(e.arg)<<8) * 0x100000001b3
 	switch e.kind {
 	case evEnroll:
-		d, err := s.newDevice(e.arg, s.fleet[e.arg], fmt.Sprintf("sim-%05d", e.arg))
+		d, err := s.newDevice(e.arg, s.fleet[e.arg], fmt.Sprintf("sim-%05d", e.arg), false)
 		if err != nil {
 			return fmt.Errorf("device %d: %w", e.arg, err)
 		}
@@ -1227,11 +1243,10 @@ func (s *sim) runStep(i int) error {
 		if user == "" {
 			user = "canary@contoso.example"
 		}
-		d, err := s.newDevice(len(s.devices), deviceSpec{platform: p, user: user}, "canary")
+		d, err := s.newDevice(len(s.devices), deviceSpec{platform: p, user: user}, "canary", true)
 		if err != nil {
 			return fail(err)
 		}
-		d.canary = true
 		s.canary = d.idx
 		s.devices = append(s.devices, d)
 	case ActionRestartBroker, ActionRestartService:
@@ -1337,18 +1352,6 @@ func (s *sim) fanOutAt(t time.Time) {
 	}
 	s.fanOutNext = t
 	s.timers.add(t, evFanOut, 0)
-}
-
-// byAuthority counts the fleet's devices by the authority their agents
-// report.
-func (s *sim) byAuthority() map[protocol.Authority]int {
-	m := map[protocol.Authority]int{}
-	for _, d := range s.devices {
-		if d != nil && !d.canary {
-			m[d.core.State().Authority]++
-		}
-	}
-	return m
 }
 
 // settingsOf turns a scenario's settings into the protocol's, in key order
