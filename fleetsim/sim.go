@@ -3,8 +3,6 @@ package fleetsim
 import (
 	"context"
 	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/hex"
@@ -195,6 +193,7 @@ type sim struct {
 	lanes      []*lane     // the lanes of a round handled in parallel
 	laneMin    int         // the fewest messages per lane (minLaneMessages)
 	sampled    func()      // for tests: called after each timeline sample
+	keys       *keyMaker   // the fleet's device keys, made ahead
 	laneRounds int         // rounds handled in parallel
 	fired      uint64      // a digest of the timers run, in order, for tests
 	profiling  bool        // the burst's CPU profile runs
@@ -494,6 +493,7 @@ func (s *sim) openBroker() error {
 }
 
 func (s *sim) close() {
+	s.keys.close()
 	if s.profiling {
 		pprof.StopCPUProfile()
 		s.profiling = false
@@ -575,14 +575,11 @@ func (s *sim) netConn(addr string, cert *tls.Certificate) (net.Conn, error) {
 // enroll enrolls one device through the enrollment topics, as the agent
 // does, and returns its state.
 func (s *sim) enroll(spec deviceSpec, name string, r *mrand.Rand) (*agent.State, *ecdsa.PrivateKey, error) {
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	k, err := s.keys.take()
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, fmt.Errorf("device key: %w", err)
 	}
-	csr, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{}, key)
-	if err != nil {
-		return nil, nil, err
-	}
+	key, csr := k.key, k.csr
 	var rid [8]byte
 	for i := range rid {
 		rid[i] = byte(r.Uint32())
@@ -668,11 +665,14 @@ func (s *sim) enrollFleet(ctx context.Context) error {
 	for i := step; i < len(s.sc.Steps); i++ {
 		s.timers.add(s.start.Add(time.Duration(s.sc.Steps[i].At)), evStep, i)
 	}
+	n := 0
 	for i, spec := range s.fleet {
 		if s.runs(i) {
 			s.timers.add(s.start.Add(spec.enrollAt), evEnroll, i)
+			n++
 		}
 	}
+	s.keys = startKeyMaker(n)
 	s.fanOutAt(s.start)
 	s.timers.add(s.start, evSample, 0)
 	return nil

@@ -1,0 +1,85 @@
+package fleetsim
+
+import (
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"sync"
+)
+
+// deviceKey is a device's key pair and the certificate request, signed
+// with it, that the device enrolls with.
+type deviceKey struct {
+	key *ecdsa.PrivateKey
+	csr []byte
+}
+
+// newDeviceKey makes a device's key and certificate request.
+func newDeviceKey() (deviceKey, error) {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return deviceKey{}, err
+	}
+	csr, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{}, key)
+	if err != nil {
+		return deviceKey{}, err
+	}
+	return deviceKey{key: key, csr: csr}, nil
+}
+
+// keyMaker makes devices' keys ahead of their enrollment, on a goroutine
+// of its own, so that the loop, which enrolls one device at a time, does
+// not wait for the cryptography: while the fleet enrolls, the loop and
+// the service leave part of a second core idle. The keys come from
+// crypto/rand, not from the seed, so which goroutine makes them changes
+// nothing in the run.
+type keyMaker struct {
+	keys chan deviceKey
+	stop chan struct{}
+	done sync.WaitGroup
+}
+
+// keyMakerAhead is how many keys the maker keeps ready.
+const keyMakerAhead = 256
+
+// startKeyMaker starts making n keys.
+func startKeyMaker(n int) *keyMaker {
+	m := &keyMaker{keys: make(chan deviceKey, keyMakerAhead), stop: make(chan struct{})}
+	m.done.Go(func() {
+		for range n {
+			k, err := newDeviceKey()
+			if err != nil {
+				return // take makes its own, and reports the error
+			}
+			select {
+			case m.keys <- k:
+			case <-m.stop:
+				return
+			}
+		}
+	})
+	return m
+}
+
+// take returns a key the maker has ready, or makes one when none is (or
+// m is nil).
+func (m *keyMaker) take() (deviceKey, error) {
+	if m != nil {
+		select {
+		case k := <-m.keys:
+			return k, nil
+		default:
+		}
+	}
+	return newDeviceKey()
+}
+
+// close stops the maker and waits for it.
+func (m *keyMaker) close() {
+	if m == nil {
+		return
+	}
+	close(m.stop)
+	m.done.Wait()
+}
