@@ -194,6 +194,7 @@ type sim struct {
 	laneMin    int         // the fewest messages per lane (minLaneMessages)
 	sampled    func()      // for tests: called after each timeline sample
 	keys       *keyMaker   // the fleet's device keys, made ahead
+	tick       *time.Timer // settle's wait for work in flight, reused
 	laneRounds int         // rounds handled in parallel
 	fired      uint64      // a digest of the timers run, in order, for tests
 	profiling  bool        // the burst's CPU profile runs
@@ -918,11 +919,16 @@ func (s *sim) settle(ctx context.Context) error {
 		if queued == 0 && s.work.n.Load() == 0 {
 			return nil
 		}
+		if s.tick == nil {
+			s.tick = time.NewTimer(time.Second)
+		} else {
+			s.tick.Reset(time.Second)
+		}
 		select {
 		case <-s.work.wake:
 		case <-ctx.Done():
 			return ctx.Err()
-		case <-time.After(time.Second):
+		case <-s.tick.C:
 			if time.Since(waited) > stallTimeout {
 				return fmt.Errorf("simulation stalled at %s: %d messages in flight for %s of real time", s.clock.Now().Sub(s.start), s.work.n.Load(), stallTimeout)
 			}
