@@ -17,6 +17,15 @@
 // and handed to the device in the broker's own writing goroutine
 // (directConn). Over the network it has one, the reader.
 //
+// What the timeline samples (devices by authority, retained profiles,
+// devices with a redundant pair or a gap) is counted as each device's
+// state changes, after every call into its core, not by visiting the
+// fleet at each sample: at 100,000 devices the 769 samples of the default
+// scenario visited 77 million device states, a quarter of the run's wall
+// time. Devices' keys and certificate requests are made ahead, on a
+// goroutine of their own, while the loop enrolls the fleet one device at
+// a time.
+//
 // Config.BurstProfile takes a CPU profile of the migration burst alone,
 // the window that run.burst_checkins_per_s measures.
 //
