@@ -1,7 +1,6 @@
 package fleetsim
 
 import (
-	"container/heap"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -78,47 +77,66 @@ const (
 // same time run in the order they were scheduled.
 type event struct {
 	at   time.Time
+	ns   int64 // at in Unix nanoseconds, which the heap orders by
 	seq  uint64
 	kind int
 	arg  int
 }
 
-// eventHeap implements heap.Interface, earliest first.
-type eventHeap []event
-
-func (h eventHeap) Len() int { return len(h) }
-func (h eventHeap) Less(i, j int) bool {
-	if !h[i].at.Equal(h[j].at) {
-		return h[i].at.Before(h[j].at)
-	}
-	return h[i].seq < h[j].seq
-}
-func (h eventHeap) Swap(i, j int) { h[i], h[j] = h[j], h[i] }
-func (h *eventHeap) Push(x any)   { *h = append(*h, x.(event)) }
-func (h *eventHeap) Pop() any {
-	old := *h
-	e := old[len(old)-1]
-	*h = old[:len(old)-1]
-	return e
+// before reports whether e runs before o.
+func (e *event) before(o *event) bool {
+	return e.ns < o.ns || e.ns == o.ns && e.seq < o.seq
 }
 
 // timers is the shared timer heap of the whole fleet: one entry per
-// pending wake-up, never a goroutine per timer.
+// pending wake-up, never a goroutine per timer. It is a binary min-heap
+// of events kept by hand rather than through container/heap, whose
+// interface boxes every event pushed and popped: at 100,000 devices the
+// heap holds a few hundred thousand timers and takes millions of them.
 type timers struct {
-	h   eventHeap
+	h   []event
 	seq uint64
 }
 
 func (t *timers) add(at time.Time, kind, arg int) {
 	t.seq++
-	heap.Push(&t.h, event{at: at, seq: t.seq, kind: kind, arg: arg})
+	t.h = append(t.h, event{at: at, ns: at.UnixNano(), seq: t.seq, kind: kind, arg: arg})
+	h := t.h
+	for i := len(h) - 1; i > 0; {
+		parent := (i - 1) / 2
+		if !h[i].before(&h[parent]) {
+			break
+		}
+		h[i], h[parent] = h[parent], h[i]
+		i = parent
+	}
 }
 
 func (t *timers) next() (event, bool) {
 	if len(t.h) == 0 {
 		return event{}, false
 	}
-	return heap.Pop(&t.h).(event), true
+	h := t.h
+	top := h[0]
+	n := len(h) - 1
+	h[0] = h[n]
+	h = h[:n]
+	t.h = h
+	for i := 0; ; {
+		least := i
+		if l := 2*i + 1; l < n && h[l].before(&h[least]) {
+			least = l
+		}
+		if r := 2*i + 2; r < n && h[r].before(&h[least]) {
+			least = r
+		}
+		if least == i {
+			break
+		}
+		h[i], h[least] = h[least], h[i]
+		i = least
+	}
+	return top, true
 }
 
 // peekEvent returns the next event without taking it.
