@@ -98,6 +98,7 @@ type timers struct {
 	seq uint64
 }
 
+// add schedules an event of kind with arg at at.
 func (t *timers) add(at time.Time, kind, arg int) {
 	t.seq++
 	t.h = append(t.h, event{at: at, ns: at.UnixNano(), seq: t.seq, kind: kind, arg: arg})
@@ -112,6 +113,7 @@ func (t *timers) add(at time.Time, kind, arg int) {
 	}
 }
 
+// next takes the earliest event; false when there is none.
 func (t *timers) next() (event, bool) {
 	if len(t.h) == 0 {
 		return event{}, false
@@ -147,6 +149,8 @@ func (t *timers) peekEvent() (event, bool) {
 	return t.h[0], true
 }
 
+// peek returns the earliest event's time without taking it; false when
+// there is none.
 func (t *timers) peek() (time.Time, bool) {
 	if len(t.h) == 0 {
 		return time.Time{}, false

@@ -19,10 +19,10 @@
 //
 // What the timeline samples (devices by authority, retained profiles,
 // devices with a redundant pair or a gap) is counted as each device's
-// state changes, after every call into its core, not by visiting the
-// fleet at each sample: at 100,000 devices the 769 samples of the default
-// scenario visited 77 million device states, a quarter of the run's wall
-// time. Devices' keys and certificate requests are made ahead, on a
+// state changes, after every call into its core that can change it, not
+// by visiting the fleet at each sample: at 100,000 devices the 769
+// samples of the default scenario visited 77 million device states, a
+// quarter of the run's wall time. Devices' keys and certificate requests are made ahead, on a
 // goroutine of their own, while the loop enrolls the fleet one device at
 // a time.
 //

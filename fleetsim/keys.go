@@ -6,6 +6,7 @@ import (
 	"crypto/rand"
 	"crypto/x509"
 	"sync"
+	"sync/atomic"
 )
 
 // deviceKey is a device's key pair and the certificate request, signed
@@ -37,6 +38,7 @@ func newDeviceKey() (deviceKey, error) {
 type keyMaker struct {
 	keys chan deviceKey
 	stop chan struct{}
+	left atomic.Int64 // keys still to make, by the maker or by take
 	done sync.WaitGroup
 }
 
@@ -46,8 +48,14 @@ const keyMakerAhead = 256
 // startKeyMaker starts making n keys.
 func startKeyMaker(n int) *keyMaker {
 	m := &keyMaker{keys: make(chan deviceKey, keyMakerAhead), stop: make(chan struct{})}
+	m.left.Store(int64(n))
 	m.done.Go(func() {
-		for range n {
+		for m.left.Add(-1) >= 0 {
+			select {
+			case <-m.stop:
+				return
+			default:
+			}
 			k, err := newDeviceKey()
 			if err != nil {
 				return // take makes its own, and reports the error
@@ -63,7 +71,7 @@ func startKeyMaker(n int) *keyMaker {
 }
 
 // take returns a key the maker has ready, or makes one when none is (or
-// m is nil).
+// m is nil); a key take makes is one fewer for the maker.
 func (m *keyMaker) take() (deviceKey, error) {
 	if m != nil {
 		select {
@@ -71,11 +79,12 @@ func (m *keyMaker) take() (deviceKey, error) {
 			return k, nil
 		default:
 		}
+		m.left.Add(-1)
 	}
 	return newDeviceKey()
 }
 
-// close stops the maker and waits for it.
+// close stops the maker and waits for it. It is called once.
 func (m *keyMaker) close() {
 	if m == nil {
 		return

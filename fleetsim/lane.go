@@ -67,9 +67,10 @@ func (l *lane) reconnect(s *sim, d *simDevice) {
 // merge adds what deferred lane l kept to the run, and empties it.
 func (s *sim) merge(l *lane) {
 	s.stats.add(&l.own)
-	failed := l.own.failedByCode
+	failed, byAuthority := l.own.failedByCode, l.own.fleet.byAuthority
 	clear(failed)
-	l.own = stats{failedByCode: failed} // the map is kept for the next round
+	clear(byAuthority)
+	l.own = stats{failedByCode: failed, fleet: fleetCounts{byAuthority: byAuthority}} // the maps are kept for the next round
 	for _, t := range l.timers {
 		if t.reconnect {
 			s.timers.add(t.at.Add(s.retryDelay()), evReconnect, t.dev)

@@ -102,6 +102,7 @@ func (f *fleetCounts) change(was, now deviceCounts) {
 	f.gap += b2i(now.gap)
 }
 
+// b2i is 1 for true and 0 for false.
 func b2i(b bool) int {
 	if b {
 		return 1

@@ -495,6 +495,7 @@ func (s *sim) openBroker() error {
 
 func (s *sim) close() {
 	s.keys.close()
+	s.keys = nil
 	if s.profiling {
 		pprof.StopCPUProfile()
 		s.profiling = false
@@ -831,8 +832,9 @@ func (s *sim) apply(l *lane, d *simDevice, out agent.Output) {
 }
 
 // recount brings the device's part of the fleet's counts up to date, in
-// lane l. Every call that can change a core's state is followed by apply,
-// and so by recount.
+// lane l. Every call into a core that can change what its State returns
+// is followed by apply, and so by recount (Disconnected changes only the
+// core's session).
 func (s *sim) recount(l *lane, d *simDevice) {
 	if d.canary {
 		return
