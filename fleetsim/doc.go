@@ -22,9 +22,9 @@
 // state changes, after every call into its core that can change it, not
 // by visiting the fleet at each sample: at 100,000 devices the 769
 // samples of the default scenario visited 77 million device states, a
-// quarter of the run's wall time. Devices' keys and certificate requests are made ahead, on a
-// goroutine of their own, while the loop enrolls the fleet one device at
-// a time.
+// quarter of the run's wall time. Devices' keys and certificate requests
+// are made ahead, on a goroutine of their own, while the loop enrolls the
+// fleet one device at a time.
 //
 // Config.BurstProfile takes a CPU profile of the migration burst alone,
 // the window that run.burst_checkins_per_s measures.
