@@ -790,8 +790,17 @@ func (s *sim) receive(dev int, payload []byte) {
 	s.work.signal()
 }
 
-// apply carries out what a core asked for, in lane l.
+// apply carries out what a core asked for, in lane l, and then brings
+// the device's part of the fleet's counts up to date once.
 func (s *sim) apply(l *lane, d *simDevice, out agent.Output) {
+	s.carryOut(l, d, out)
+	s.recount(l, d)
+}
+
+// carryOut is apply without the recount: what the core asks for in turn
+// (a message sent, a lock done) is carried out too, and apply counts
+// the device once all of it is.
+func (s *sim) carryOut(l *lane, d *simDevice, out agent.Output) {
 	now := s.clock.Now()
 	for _, c := range out.Changes {
 		if c.Kind == agent.Overwritten {
@@ -817,17 +826,16 @@ func (s *sim) apply(l *lane, d *simDevice, out agent.Output) {
 			if env.Kind() == protocol.KindCheckIn {
 				l.st.checkInsSent++
 			}
-			s.apply(l, d, d.core.Published(env))
+			s.carryOut(l, d, d.core.Published(env))
 		}
 	}
 	for _, lock := range out.Locks {
 		l.st.locks++
-		s.apply(l, d, d.core.Finish(now, lock.ID, protocol.CommandDone, ""))
+		s.carryOut(l, d, d.core.Finish(now, lock.ID, protocol.CommandDone, ""))
 	}
 	if out.Stop != "" {
 		d.stopped = true
 	}
-	s.recount(l, d)
 	s.schedule(l, d)
 }
 
