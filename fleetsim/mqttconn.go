@@ -134,6 +134,15 @@ type mqttConn struct {
 	acks   []uint16   // packet ids of the PUBACKs owed to the broker
 	acking bool       // an ack writer is running
 
+	// An in-process session attached to an uplink sends its packets
+	// through the uplink's queue up, to the broker's side of the session
+	// sess, instead of writing them (attach). onLost is called, from the
+	// queue's goroutine, when a PUBLISH the broker did not take ended the
+	// session after Publish returned.
+	up     *uplinkQueue
+	sess   packetSender // set under state; read under state or by the writer
+	onLost func()
+
 	ackers    sync.WaitGroup // the ack writer, while one runs
 	pubacks   atomic.Uint64  // PUBACKs received for our publishes
 	closeOnce sync.Once
@@ -227,6 +236,17 @@ func dialMQTTDirect(nc net.Conn, be *directConn, start func(), o mqttOptions) (*
 	}
 	c.handshook.Store(true)
 	return c, nil
+}
+
+// attach makes the in-process session c send what it sends after its
+// handshake through queue q to the broker's side of the session, sess
+// (broker.Session), instead of writing it to the connection. Call it
+// before the session's first Publish; onLost is called when a PUBLISH the
+// broker did not take ended the session.
+func (c *mqttConn) attach(q *uplinkQueue, sess packetSender, onLost func()) {
+	c.state.Lock()
+	c.up, c.sess, c.onLost = q, sess, onLost
+	c.state.Unlock()
 }
 
 // awaitRelease waits, up to the session's timeout, until the broker has
@@ -480,6 +500,14 @@ func (c *mqttConn) Publish(topic string, payload []byte) error {
 	if c.nextID == 0 {
 		c.nextID = 1 // 0 is not a packet id
 	}
+	if c.sess != nil {
+		if !c.up.push(uplinkItem{c: c, kind: packets.Publish, id: c.nextID, topic: topic, payload: slices.Clone(payload)}) {
+			err := fmt.Errorf("mqtt publish %s to %s: %w", c.id, topic, errMQTTClosed)
+			c.end(err)
+			return err
+		}
+		return nil
+	}
 	pk := packets.Packet{
 		FixedHeader:     packets.FixedHeader{Type: packets.Publish, Qos: 1},
 		ProtocolVersion: 4,
@@ -527,7 +555,24 @@ func (c *mqttConn) close() error {
 	}
 	c.state.Unlock()
 	var err error
-	if !ended {
+	if !ended && c.sess != nil {
+		// Through the queue, after what the session sent before.
+		done := make(chan error, 1)
+		if c.up.push(uplinkItem{c: c, kind: packets.Disconnect, done: done}) {
+			t := time.NewTimer(c.timeout)
+			select {
+			case err = <-done:
+				if mqttConnGone(err) {
+					err = nil
+				} else if err != nil {
+					err = fmt.Errorf("mqtt disconnect %s: %w", c.id, err)
+				}
+			case <-t.C:
+				err = fmt.Errorf("mqtt disconnect %s: the broker did not take DISCONNECT within %s", c.id, c.timeout)
+			}
+			t.Stop()
+		}
+	} else if !ended {
 		// A broker that does not read would hold the write (and mu)
 		// forever; the deadline also frees a writer holding mu.
 		c.nc.SetWriteDeadline(time.Now().Add(c.timeout))
@@ -712,6 +757,12 @@ func (c *mqttConn) queueAck(id uint16) {
 	if c.cause != nil {
 		c.state.Unlock()
 		return // the session has ended: nobody to acknowledge to
+	}
+	if c.sess != nil {
+		q := c.up
+		c.state.Unlock()
+		q.push(uplinkItem{c: c, kind: packets.Puback, id: id})
+		return
 	}
 	c.acks = append(c.acks, id)
 	start := !c.acking

@@ -20,6 +20,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -40,6 +41,8 @@ type mqttTestBroker struct {
 	token    string
 	tcp, tls net.Addr // the listeners, if any
 	keys     map[string]*ecdsa.PrivateKey
+	up       *uplink      // for the "uplink" transport
+	lost     atomic.Int64 // the uplink sessions' onLost calls
 }
 
 // newMQTTTestBroker starts a service on a store in a temporary directory,
@@ -80,7 +83,8 @@ func startMQTTTestBroker(tb testing.TB, listen bool) *mqttTestBroker {
 		tb.Fatal(err)
 	}
 	tb.Cleanup(func() { b.Close() }) // before the store closes
-	h := &mqttTestBroker{svc: svc, b: b, token: token, keys: map[string]*ecdsa.PrivateKey{}}
+	h := &mqttTestBroker{svc: svc, b: b, token: token, keys: map[string]*ecdsa.PrivateKey{}, up: newUplink(4)}
+	tb.Cleanup(h.up.close) // after the broker closes: it ends the sessions
 	if listen {
 		if h.tcp, err = b.ListenTCP("127.0.0.1:0"); err != nil {
 			tb.Fatal(err)
@@ -102,10 +106,11 @@ func (h *mqttTestBroker) pipe() net.Conn {
 	return client
 }
 
-// mqttTransports are the two in-process ways to the broker: net.Pipe
-// with the session's reader goroutine, as on a network connection, and a
-// direct session (newDirectPipe), which the simulator uses, without one.
-var mqttTransports = []string{"pipe", "direct"}
+// mqttTransports are the in-process ways to the broker: net.Pipe with the
+// session's reader goroutine, as on a network connection; a direct
+// session (newDirectPipe), without one; and a direct session that sends
+// through an uplink (broker.Session), as the simulator's devices do.
+var mqttTransports = []string{"pipe", "direct", "uplink"}
 
 // forTransports runs test once per in-process transport.
 func forTransports(t *testing.T, test func(t *testing.T, transport string)) {
@@ -117,10 +122,19 @@ func forTransports(t *testing.T, test func(t *testing.T, transport string)) {
 // dial opens a session over transport and returns it with the device's
 // end of the connection.
 func (h *mqttTestBroker) dial(transport string, o mqttOptions) (*mqttConn, net.Conn, error) {
-	if transport == "direct" {
+	if transport == "direct" || transport == "uplink" {
 		client, server := newDirectPipe()
 		c, err := dialMQTTDirect(client, server, func() { go h.b.Connect(server) }, o)
-		return c, client, err
+		if err != nil || transport == "direct" {
+			return c, client, err
+		}
+		sess, err := h.b.Session(o.ClientID, server)
+		if err != nil {
+			c.Close()
+			return nil, nil, err
+		}
+		c.attach(h.up.queue(), sess, func() { h.lost.Add(1) })
+		return c, client, nil
 	}
 	nc := h.pipe()
 	c, err := dialMQTT(nc, o)

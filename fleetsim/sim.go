@@ -146,6 +146,9 @@ type inbound struct {
 	dev     int
 	payload []byte
 	lost    *mqttConn // the session that ended
+	// dropped: the session ended because the broker did not take a
+	// message it had sent, which still counts as work in flight.
+	dropped bool
 }
 
 // sim is one run.
@@ -194,6 +197,7 @@ type sim struct {
 	laneMin    int         // the fewest messages per lane (minLaneMessages)
 	sampled    func()      // for tests: called after each timeline sample
 	keys       *keyMaker   // the fleet's device keys, made ahead
+	up         *uplink     // in process: the devices' packets into the broker
 	tick       *time.Timer // settle's wait for work in flight, reused
 	laneRounds int         // rounds handled in parallel
 	fired      uint64      // a digest of the timers run, in order, for tests
@@ -453,6 +457,9 @@ func (s *sim) open() error {
 	if s.token, err = s.svc.RotateEnrollmentToken(); err != nil {
 		return err
 	}
+	if s.ext == nil {
+		s.up = newUplink(uplinkQueues)
+	}
 	return s.openBroker()
 }
 
@@ -508,6 +515,9 @@ func (s *sim) close() {
 	if s.b != nil {
 		s.b.Close()
 	}
+	if s.up != nil {
+		s.up.close()
+	}
 	if s.store != nil {
 		s.store.Close()
 	}
@@ -541,12 +551,25 @@ func seedBytes(seed uint64, stream byte) [32]byte {
 // dial opens an MQTT session subscribed to topic, authenticated like any
 // device: in process over a direct session (newDirectPipe) that the
 // broker serves, in external mode over TCP or TLS (with cert, the
-// device's certificate).
-func (s *sim) dial(clientID, user, password, topic string, cert *tls.Certificate, onMessage func(payload []byte)) (*mqttConn, error) {
+// device's certificate). In process, when onLost is set, the session
+// sends what it sends after its handshake through the uplink
+// (broker.Session), and onLost is called with it when a message it
+// published could not be delivered.
+func (s *sim) dial(clientID, user, password, topic string, cert *tls.Certificate, onMessage func(payload []byte), onLost func(*mqttConn)) (*mqttConn, error) {
 	o := mqttOptions{ClientID: clientID, Username: user, Password: password, Subscribe: topic, OnMessage: onMessage}
 	if s.ext == nil {
 		client, server := newDirectPipe()
-		return dialMQTTDirect(client, server, func() { go s.b.Connect(server) }, o)
+		c, err := dialMQTTDirect(client, server, func() { go s.b.Connect(server) }, o)
+		if err != nil || onLost == nil {
+			return c, err
+		}
+		sess, err := s.b.Session(clientID, server)
+		if err != nil {
+			c.Close()
+			return nil, fmt.Errorf("mqtt connect %s: %w", clientID, err)
+		}
+		c.attach(s.up.queue(), sess, func() { onLost(c) })
+		return c, nil
 	}
 	addr := s.ext.MQTT
 	if cert == nil && s.ext.EnrollMQTT != "" {
@@ -598,7 +621,7 @@ func (s *sim) enroll(spec deviceSpec, name string, r *mrand.Rand) (*agent.State,
 		case answers <- p:
 		default:
 		}
-	})
+	}, nil)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -709,7 +732,7 @@ func (s *sim) connect(d *simDevice) error {
 	}
 	st := d.core.State()
 	cert := &tls.Certificate{Certificate: [][]byte{st.Certificate}, PrivateKey: d.key}
-	c, err := s.dial(st.Device, st.Device, st.ConnectToken, protocol.DownlinkTopic(s.tenant, st.Device), cert, func(p []byte) { s.receive(d.idx, p) })
+	c, err := s.dial(st.Device, st.Device, st.ConnectToken, protocol.DownlinkTopic(s.tenant, st.Device), cert, func(p []byte) { s.receive(d.idx, p) }, func(c *mqttConn) { s.dropped(d.idx, c) })
 	if err != nil {
 		if s.ext == nil {
 			return err
@@ -786,6 +809,16 @@ func (s *sim) retryDelay() time.Duration {
 func (s *sim) receive(dev int, payload []byte) {
 	s.inboxMu.Lock()
 	s.inbox = append(s.inbox, inbound{dev: dev, payload: payload})
+	s.inboxMu.Unlock()
+	s.work.signal()
+}
+
+// dropped queues the news that a device's session ended because the
+// broker did not take a message the device had published. The message's
+// count of work in flight passes to the news, which the loop handles.
+func (s *sim) dropped(dev int, c *mqttConn) {
+	s.inboxMu.Lock()
+	s.inbox = append(s.inbox, inbound{dev: dev, lost: c, dropped: true})
 	s.inboxMu.Unlock()
 	s.work.signal()
 }
@@ -879,6 +912,9 @@ func (s *sim) handle(l *lane, in inbound) {
 	if in.lost != nil {
 		if d != nil {
 			s.lose(l, d, in.lost)
+		}
+		if in.dropped {
+			s.work.Add(-1)
 		}
 		return
 	}

@@ -1,0 +1,111 @@
+package broker
+
+import (
+	"errors"
+	"net"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/mochi-mqtt/server/v2/packets"
+
+	"github.com/mdm-authority/mdm/protocol"
+)
+
+// TestSession sends a device's packets through its in-process session
+// instead of its connection: the service answers on the connection, the
+// topic access rules apply as to packets read from it, and a session ends
+// with its connection.
+func TestSession(t *testing.T) {
+	h := newHarness(t)
+	b, _ := newTestBroker(t, h, false)
+	if _, _, err := h.svc.SetAuthority(ModeIntune); err != nil {
+		t.Fatal(err)
+	}
+	dev, code := h.enroll(protocol.PlatformWindows, "ada@contoso.example")
+	if code != protocol.CodeNone {
+		t.Fatalf("enroll: %s", code)
+	}
+	user, password := credentialsOf(t, h, dev.id)
+	var mu sync.Mutex
+	var server net.Conn
+	c, msgs, err := pahoClientOver(t, func(conn net.Conn) {
+		mu.Lock()
+		server = conn
+		mu.Unlock()
+		b.Connect(conn)
+	}, dev.id, user, password)
+	if err != nil {
+		t.Fatal(err)
+	}
+	subscribe(t, c, protocol.DownlinkTopic("contoso", dev.id))
+	mu.Lock()
+	conn := server
+	mu.Unlock()
+
+	if _, err := b.Session(dev.id, &net.TCPConn{}); !errors.Is(err, ErrNoSession) {
+		t.Errorf("Session over another connection = %v; want ErrNoSession", err)
+	}
+	if _, err := b.Session("d-other", conn); !errors.Is(err, ErrNoSession) {
+		t.Errorf("Session of another client id = %v; want ErrNoSession", err)
+	}
+	s, err := b.Session(dev.id, conn)
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	var packetID uint16
+	checkIn := func(topic string) packets.Packet {
+		packetID++
+		id, _ := protocol.NewMessageID(h.rng)
+		p, err := protocol.Encode(protocol.Envelope{ID: id, Sent: protocol.At(h.clock.Now()), Device: dev.id,
+			Body: &protocol.CheckIn{Reason: protocol.CheckInScheduled, CertificateExpiry: protocol.At(testStart.AddDate(1, 0, 0))}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Publish, Qos: 1}, PacketID: 1000 + packetID, TopicName: topic, Payload: p}
+	}
+	uplink := protocol.UplinkTopic("contoso", dev.id)
+	if err := s.Send(checkIn(uplink)); err != nil {
+		t.Fatalf("Send check-in = %v", err)
+	}
+	if resp, _ := receive[*protocol.CheckInResponse](t, msgs, protocol.DownlinkTopic("contoso", dev.id)); resp.Error != protocol.CodeNone {
+		t.Errorf("check-in sent through the session answered with %s", resp.Error)
+	}
+
+	// What a connection could not carry is refused before the broker.
+	big := checkIn(uplink)
+	big.Payload = make([]byte, maxPacket)
+	if err := s.Send(big); !errors.Is(err, packets.ErrPacketTooLarge) {
+		t.Errorf("Send of an oversized PUBLISH = %v; want ErrPacketTooLarge", err)
+	}
+	qos2 := checkIn(uplink)
+	qos2.FixedHeader.Qos = 2
+	if err := s.Send(qos2); err == nil || !strings.Contains(err.Error(), "QoS 2") {
+		t.Errorf("Send at QoS 2 = %v; want refused", err)
+	}
+	sub := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Subscribe, Qos: 1}, PacketID: 7,
+		Filters: packets.Subscriptions{{Filter: "#", Qos: 1}}}
+	if err := s.Send(sub); err == nil || !strings.Contains(err.Error(), "does not send") {
+		t.Errorf("Send of a SUBSCRIBE = %v; want refused", err)
+	}
+
+	// Another device's topic: refused, and the client disconnected, as
+	// for a packet read from its connection.
+	denied := h.svc.metrics.aclDenied.Load()
+	if err := s.Send(checkIn(protocol.UplinkTopic("contoso", "d-other"))); !errors.Is(err, packets.ErrNotAuthorized) {
+		t.Errorf("Send to another device's uplink = %v; want ErrNotAuthorized", err)
+	}
+	if got := h.svc.metrics.aclDenied.Load(); got != denied+1 {
+		t.Errorf("topic access refusals = %d; want %d", got, denied+1)
+	}
+	for deadline := time.Now().Add(5 * time.Second); b.Connected(dev.id); time.Sleep(time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("the broker still holds the session 5 s after a refused publish")
+		}
+	}
+	if err := s.Send(checkIn(uplink)); !errors.Is(err, net.ErrClosed) {
+		t.Errorf("Send after the session ended = %v; want net.ErrClosed", err)
+	}
+}

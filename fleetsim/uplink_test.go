@@ -1,0 +1,156 @@
+package fleetsim
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/mochi-mqtt/server/v2/packets"
+
+	"github.com/mdm-authority/mdm/protocol"
+)
+
+// recordingSender is a broker side of sessions that records what each
+// sends, and refuses PUBLISHes to the topic "refused".
+type recordingSender struct {
+	mu   *sync.Mutex
+	got  map[string][]uint16 // packet ids by session
+	name string
+}
+
+func (r recordingSender) Send(pk packets.Packet) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if pk.TopicName == "refused" {
+		return packets.ErrNotAuthorized
+	}
+	r.got[r.name] = append(r.got[r.name], pk.PacketID)
+	return nil
+}
+
+// TestUplinkOrder sends from many sessions over an uplink with fewer
+// queues: each session's packets reach the broker's side in the order
+// sent, PUBLISHes and PUBACKs alike, and once the uplink has closed a
+// PUBLISH fails.
+func TestUplinkOrder(t *testing.T) {
+	u := newUplink(3)
+	var mu sync.Mutex
+	got := map[string][]uint16{}
+	const sessions, each = 10, 200
+	conns := make([]*mqttConn, sessions)
+	for i := range conns {
+		nc, _ := net.Pipe()
+		c := &mqttConn{nc: nc, id: fmt.Sprintf("s%d", i), done: make(chan struct{}), direct: true}
+		c.attach(u.queue(), recordingSender{mu: &mu, got: got, name: c.id}, func() { t.Errorf("%s lost", c.id) })
+		conns[i] = c
+	}
+	var wg sync.WaitGroup
+	for _, c := range conns {
+		wg.Go(func() {
+			for range each / 2 {
+				if err := c.Publish("up", []byte("x")); err != nil {
+					t.Error(err)
+				}
+				c.nextID++ // a PUBACK's id, between the PUBLISHes'
+				c.queueAck(c.nextID)
+			}
+		})
+	}
+	wg.Wait()
+	u.close()
+	for _, c := range conns {
+		ids := got[c.id]
+		if len(ids) != each {
+			t.Fatalf("%s: %d packets reached the broker; want %d", c.id, len(ids), each)
+		}
+		for i, id := range ids {
+			if id != uint16(i+1) {
+				t.Fatalf("%s: packet %d has id %d; want %d (out of order)", c.id, i, id, i+1)
+			}
+		}
+	}
+	if err := conns[0].Publish("up", []byte("x")); !errors.Is(err, errMQTTClosed) {
+		t.Errorf("Publish after the uplink closed = %v; want %v", err, errMQTTClosed)
+	}
+}
+
+// TestUplinkLost: a PUBLISH the broker refuses after Publish returned
+// ends the session and calls onLost once.
+func TestUplinkLost(t *testing.T) {
+	u := newUplink(1)
+	defer u.close()
+	nc, _ := net.Pipe()
+	c := &mqttConn{nc: nc, id: "s", done: make(chan struct{}), direct: true}
+	lost := make(chan struct{}, 2)
+	c.attach(u.queue(), recordingSender{mu: new(sync.Mutex), got: map[string][]uint16{}, name: "s"}, func() { lost <- struct{}{} })
+	if err := c.Publish("refused", []byte("x")); err != nil {
+		t.Fatalf("Publish = %v; want nil (it only queues)", err)
+	}
+	select {
+	case <-lost:
+	case <-time.After(10 * time.Second):
+		t.Fatal("onLost not called 10 s after the broker refused a PUBLISH")
+	}
+	if err := c.Err(); !errors.Is(err, packets.ErrNotAuthorized) || !strings.Contains(err.Error(), "refused") {
+		t.Errorf("Err() = %v; want the refusal, naming the topic", err)
+	}
+	if err := c.Publish("up", []byte("x")); err == nil {
+		t.Error("Publish after the session ended = nil")
+	}
+	if len(lost) != 0 {
+		t.Error("onLost called twice")
+	}
+}
+
+// TestUplinkSessionRefused publishes through a real broker to a topic the
+// device may not write: the broker refuses it after Publish has returned,
+// ends the session, and onLost tells the owner.
+func TestUplinkSessionRefused(t *testing.T) {
+	h := newMQTTTestBroker(t)
+	st := h.enroll(t)
+	c, _, err := h.dial("uplink", mqttDeviceOptions(st, nil))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	_, payload := mqttCheckIn(t, st)
+	if err := c.Publish(protocol.UplinkTopic("contoso", "d-other"), payload); err != nil {
+		t.Fatalf("Publish = %v; want nil (it only queues)", err)
+	}
+	select {
+	case <-c.Done():
+	case <-time.After(10 * time.Second):
+		t.Fatal("session still open 10 s after the broker refused a PUBLISH")
+	}
+	for deadline := time.Now().Add(10 * time.Second); h.lost.Load() == 0; time.Sleep(time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("onLost not called")
+		}
+	}
+	if h.b.Connected(st.Device) {
+		t.Error("the broker still lists the session")
+	}
+}
+
+// TestSettleDropped: the news that a session ended because the broker did
+// not take a message carries that message's count of work in flight, so
+// the round settles instead of waiting for an answer that will not come.
+func TestSettleDropped(t *testing.T) {
+	s := &sim{work: newWork(), devices: []*simDevice{nil}, laneMin: minLaneMessages, clock: &Clock{now: virtualStart}}
+	s.main = &lane{st: &s.stats}
+	s.work.Add(1) // the device's message, counted when it was published
+	s.dropped(0, &mqttConn{})
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := s.settle(ctx); err != nil {
+		t.Fatalf("settle = %v; want nil", err)
+	}
+	if n := s.work.n.Load(); n != 0 {
+		t.Errorf("work in flight after settling = %d; want 0", n)
+	}
+}
