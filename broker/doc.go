@@ -21,7 +21,10 @@
 // Over TLS a device presents its MDM certificate; on the plain-TCP
 // listener (ListenTCP, only when asked for) and the in-process transport
 // (Broker.Connect) it sends its connect token (CA.ConnectToken), a
-// password bound to its certificate. An enrolling client sends the
+// password bound to its certificate. An in-process client may then send
+// its packets through Broker.Session instead of its connection, as
+// decoded packets under the client it authenticated as: topic access is
+// checked for each, and a PUBLISH is bounded as on a connection. An enrolling client sends the
 // enrollment token. Unknown, wiped, retired, unenrolled and removed
 // devices, expired certificates and certificates replaced by a renewal
 // are refused. Each client may use only its own topics. Device messages

@@ -19,8 +19,9 @@ import (
 
 // Broker is the embedded MQTT broker (mochi-mqtt) with the service attached
 // to it through an inline subscription: a device's message is handled in
-// the goroutine of that device's connection, so each device has at most one
-// message in flight and the store batches the writes of many devices.
+// the goroutine of that device's connection (or of the caller of
+// Session.Send), so each device has at most one message in flight and the
+// store batches the writes of many devices.
 //
 // Clients reach it in three ways. ListenTLS serves MQTT over TLS on the
 // network: a device proves its identity with its MDM certificate (mutual

@@ -50,6 +50,11 @@ func TestSession(t *testing.T) {
 	if _, err := b.Session("d-other", conn); !errors.Is(err, ErrNoSession) {
 		t.Errorf("Session of another client id = %v; want ErrNoSession", err)
 	}
+	// mochi's inline client (the service's own) has no connection; a
+	// session of it would skip the topic checks.
+	if _, err := b.Session("inline", nil); !errors.Is(err, ErrNoSession) {
+		t.Errorf("Session of the inline client = %v; want ErrNoSession", err)
+	}
 	s, err := b.Session(dev.id, conn)
 	if err != nil {
 		t.Fatal(err)
@@ -74,11 +79,24 @@ func TestSession(t *testing.T) {
 		t.Errorf("check-in sent through the session answered with %s", resp.Error)
 	}
 
-	// What a connection could not carry is refused before the broker.
-	big := checkIn(uplink)
-	big.Payload = make([]byte, maxPacket)
-	if err := s.Send(big); !errors.Is(err, packets.ErrPacketTooLarge) {
-		t.Errorf("Send of an oversized PUBLISH = %v; want ErrPacketTooLarge", err)
+	// What a connection could not carry is refused before the broker:
+	// a PUBLISH one byte over the broker's packet size (the fixed header's
+	// first byte, topic and its length, packet id, payload), not one at it
+	// (which the service then drops as too large a message).
+	atMost := checkIn(uplink)
+	atMost.Payload = make([]byte, maxPacket-1-2-len(uplink)-2)
+	if err := s.Send(atMost); err != nil {
+		t.Errorf("Send of a PUBLISH of the broker's packet size = %v; want nil", err)
+	}
+	over := atMost
+	over.Payload = make([]byte, len(atMost.Payload)+1)
+	if err := s.Send(over); !errors.Is(err, packets.ErrPacketTooLarge) {
+		t.Errorf("Send of a PUBLISH a byte over = %v; want ErrPacketTooLarge", err)
+	}
+	retained := checkIn(uplink)
+	retained.FixedHeader.Retain = true
+	if err := s.Send(retained); !errors.Is(err, packets.ErrRejectPacket) {
+		t.Errorf("Send of a retained PUBLISH = %v; want ErrRejectPacket", err)
 	}
 	qos2 := checkIn(uplink)
 	qos2.FixedHeader.Qos = 2

@@ -12,10 +12,21 @@
 // heap, not a goroutine per timer. A device's MQTT session is a lean
 // MQTT 3.1.1 client built on mochi's packet codec, not paho: at 100,000
 // devices the client's cost per message and per idle session matters. In
-// process a session has no goroutine of its own: the device writes to
-// the broker through a net.Pipe, and what the broker writes is decoded
-// and handed to the device in the broker's own writing goroutine
-// (directConn). Over the network it has one, the reader.
+// process a session has no goroutine of its own. It connects through a
+// net.Pipe (CONNECT with its credentials, SUBSCRIBE to its own topic,
+// both checked by the broker as on any connection); what the broker
+// writes is decoded and handed to the device in the broker's own writing
+// goroutine (directConn); and what the device sends after its handshake
+// (PUBLISH, PUBACK, DISCONNECT) goes to the broker as decoded packets
+// under the client it authenticated as (broker.Session), through an
+// uplink: 64 shared queue goroutines, each handing the broker one packet
+// at a time, a session's packets in order. The broker checks topic access
+// for each packet as for one read from a connection, and the service
+// handles a check-in in the queue's goroutine, so up to 64 share a store
+// commit. The broker's goroutine that reads the pipe then waits, idle,
+// on a small stack: at 100,000 devices the fleet's goroutine stacks fell
+// from 2 to 3.7 GiB to about 0.6 GiB. Over the network a session has one
+// goroutine, the reader, and writes every packet.
 //
 // What the timeline samples (devices by authority, retained profiles,
 // devices with a redundant pair or a gap) is counted as each device's

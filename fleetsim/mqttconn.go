@@ -22,11 +22,12 @@ import (
 // keeps the simulator from a fleet of 100,000 devices; this client has at
 // most one long-lived goroutine per session (the reader) and no channels
 // per message. In process it has none: the broker's writes are handed to
-// the session as they are made (directConn). It speaks
-// only what a device needs: CONNECT with a clean session and no keep-alive,
-// one QoS 1 subscription, QoS 1 publishing, and PUBACKs for what arrives.
-// Packets are encoded and decoded with mochi's codec, the one the broker
-// uses.
+// the session as they are made (directConn), and once attached to an
+// uplink the session's own packets go to the broker without being written
+// (broker.Session). It speaks only what a device needs: CONNECT with a
+// clean session and no keep-alive, one QoS 1 subscription, QoS 1
+// publishing, and PUBACKs for what arrives. Packets are encoded and
+// decoded with mochi's codec, the one the broker uses.
 
 // mqttMaxPacket bounds the remaining length of a packet from the broker.
 // The service's largest payload is protocol.MaxPayload (64 KiB); anything
@@ -137,11 +138,19 @@ type mqttConn struct {
 	// An in-process session attached to an uplink sends its packets
 	// through the uplink's queue up, to the broker's side of the session
 	// sess, instead of writing them (attach). onLost is called, from the
-	// queue's goroutine, when a PUBLISH the broker did not take ended the
-	// session after Publish returned.
+	// queue's goroutine, for each PUBLISH the broker did not take after
+	// Publish had returned; the first ends the session. attach sets the
+	// three under state, before anything is sent through them; queueAck
+	// reads them under state, and Publish, close and the queue (after the
+	// queue's own lock) read them without.
 	up     *uplinkQueue
-	sess   packetSender // set under state; read under state or by the writer
+	sess   packetSender
 	onLost func()
+	// closing: Close is handing DISCONNECT to an attached session's
+	// queue, behind what the session queued before. Until the broker has
+	// taken it the session lasts, so that what it queued is delivered;
+	// it then ends as closed (errMQTTClosed), not as closed by the broker.
+	closing bool
 
 	ackers    sync.WaitGroup // the ack writer, while one runs
 	pubacks   atomic.Uint64  // PUBACKs received for our publishes
@@ -241,12 +250,16 @@ func dialMQTTDirect(nc net.Conn, be *directConn, start func(), o mqttOptions) (*
 // attach makes the in-process session c send what it sends after its
 // handshake through queue q to the broker's side of the session, sess
 // (broker.Session), instead of writing it to the connection. Call it
-// before the session's first Publish; onLost is called when a PUBLISH the
-// broker did not take ended the session.
+// before the session's first Publish; onLost is called for each PUBLISH
+// the broker did not take after Publish had returned, and the first ends
+// the session. It returns once the PUBACKs owed from before, if any, have
+// been written to the connection, so that the broker then takes the
+// session's packets from the queue alone.
 func (c *mqttConn) attach(q *uplinkQueue, sess packetSender, onLost func()) {
 	c.state.Lock()
 	c.up, c.sess, c.onLost = q, sess, onLost
 	c.state.Unlock()
+	c.ackers.Wait()
 }
 
 // awaitRelease waits, up to the session's timeout, until the broker has
@@ -488,8 +501,10 @@ func (c *mqttConn) subscribe(filter string) error {
 // and when the write fails (which ends the session). On net.Pipe it
 // returns only once the broker has read the packet, which it does after it
 // has handled the previous one: back-pressure, as a device would feel.
-// The payload is copied into the packet: the caller may reuse it once
-// Publish returns.
+// An attached session (attach) returns once the packet is queued, without
+// back-pressure: the queue has no bound, and a PUBLISH the broker then
+// refuses is reported through onLost. The payload is copied into the
+// packet: the caller may reuse it once Publish returns.
 func (c *mqttConn) Publish(topic string, payload []byte) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -501,6 +516,12 @@ func (c *mqttConn) Publish(topic string, payload []byte) error {
 		c.nextID = 1 // 0 is not a packet id
 	}
 	if c.sess != nil {
+		c.state.Lock()
+		closing := c.closing
+		c.state.Unlock()
+		if closing {
+			return fmt.Errorf("mqtt publish %s to %s: %w", c.id, topic, errMQTTClosed)
+		}
 		if !c.up.push(uplinkItem{c: c, kind: packets.Publish, id: c.nextID, topic: topic, payload: slices.Clone(payload)}) {
 			err := fmt.Errorf("mqtt publish %s to %s: %w", c.id, topic, errMQTTClosed)
 			c.end(err)
@@ -547,16 +568,21 @@ func (c *mqttConn) Close() error {
 func (c *mqttConn) close() error {
 	// The cause is set first: the broker closes the connection as soon
 	// as it reads DISCONNECT, and the reader must not take that for the
-	// broker ending the session.
+	// broker ending the session. An attached session is marked closing
+	// instead, which end turns into the same cause, and lasts until the
+	// broker has taken its DISCONNECT.
 	c.state.Lock()
 	ended := c.cause != nil
-	if !ended {
+	if !ended && c.sess != nil {
+		c.closing = true // the session lasts until the broker has taken DISCONNECT
+	} else if !ended {
 		c.cause = errMQTTClosed
 	}
 	c.state.Unlock()
 	var err error
 	if !ended && c.sess != nil {
-		// Through the queue, after what the session sent before.
+		// Through the queue, after what the session sent before, which
+		// the broker delivers and acknowledges first.
 		done := make(chan error, 1)
 		if c.up.push(uplinkItem{c: c, kind: packets.Disconnect, done: done}) {
 			t := time.NewTimer(c.timeout)
@@ -572,6 +598,7 @@ func (c *mqttConn) close() error {
 			}
 			t.Stop()
 		}
+		c.end(errMQTTClosed)
 	} else if !ended {
 		// A broker that does not read would hold the write (and mu)
 		// forever; the deadline also frees a writer holding mu.
@@ -613,7 +640,9 @@ func (c *mqttConn) Err() error {
 // connection, which makes the reader and any blocked writer return.
 func (c *mqttConn) end(cause error) {
 	c.state.Lock()
-	if c.cause == nil {
+	if c.cause == nil && c.closing {
+		c.cause = errMQTTClosed
+	} else if c.cause == nil {
 		c.cause = cause
 	}
 	c.state.Unlock()

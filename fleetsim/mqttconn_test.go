@@ -84,7 +84,7 @@ func startMQTTTestBroker(tb testing.TB, listen bool) *mqttTestBroker {
 	}
 	tb.Cleanup(func() { b.Close() }) // before the store closes
 	h := &mqttTestBroker{svc: svc, b: b, token: token, keys: map[string]*ecdsa.PrivateKey{}, up: newUplink(4)}
-	tb.Cleanup(h.up.close) // after the broker closes: it ends the sessions
+	tb.Cleanup(h.up.close) // before the broker closes (cleanups run last first)
 	if listen {
 		if h.tcp, err = b.ListenTCP("127.0.0.1:0"); err != nil {
 			tb.Fatal(err)

@@ -7,6 +7,7 @@ import (
 	"net"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -16,14 +17,19 @@ import (
 )
 
 // recordingSender is a broker side of sessions that records what each
-// sends, and refuses PUBLISHes to the topic "refused".
+// sends, and refuses PUBLISHes to the topic "refused". With gate set, it
+// takes nothing until gate closes.
 type recordingSender struct {
 	mu   *sync.Mutex
 	got  map[string][]uint16 // packet ids by session
 	name string
+	gate chan struct{}
 }
 
 func (r recordingSender) Send(pk packets.Packet) error {
+	if r.gate != nil {
+		<-r.gate
+	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if pk.TopicName == "refused" {
@@ -79,22 +85,27 @@ func TestUplinkOrder(t *testing.T) {
 	}
 }
 
-// TestUplinkLost: a PUBLISH the broker refuses after Publish returned
-// ends the session and calls onLost once.
+// TestUplinkLost: PUBLISHes the broker refuses after Publish returned end
+// the session, and onLost is called once for each (each was counted as
+// work in flight when it was published).
 func TestUplinkLost(t *testing.T) {
 	u := newUplink(1)
 	defer u.close()
 	nc, _ := net.Pipe()
 	c := &mqttConn{nc: nc, id: "s", done: make(chan struct{}), direct: true}
-	lost := make(chan struct{}, 2)
-	c.attach(u.queue(), recordingSender{mu: new(sync.Mutex), got: map[string][]uint16{}, name: "s"}, func() { lost <- struct{}{} })
-	if err := c.Publish("refused", []byte("x")); err != nil {
-		t.Fatalf("Publish = %v; want nil (it only queues)", err)
+	var lost atomic.Int64
+	gate := make(chan struct{})
+	c.attach(u.queue(), recordingSender{mu: new(sync.Mutex), got: map[string][]uint16{}, name: "s", gate: gate}, func() { lost.Add(1) })
+	for range 2 {
+		if err := c.Publish("refused", []byte("x")); err != nil {
+			t.Fatalf("Publish = %v; want nil (it only queues)", err)
+		}
 	}
-	select {
-	case <-lost:
-	case <-time.After(10 * time.Second):
-		t.Fatal("onLost not called 10 s after the broker refused a PUBLISH")
+	close(gate) // both are queued: the broker takes them now
+	for deadline := time.Now().Add(10 * time.Second); lost.Load() < 2; time.Sleep(time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("onLost called %d times 10 s after the broker refused two PUBLISHes; want 2", lost.Load())
+		}
 	}
 	if err := c.Err(); !errors.Is(err, packets.ErrNotAuthorized) || !strings.Contains(err.Error(), "refused") {
 		t.Errorf("Err() = %v; want the refusal, naming the topic", err)
@@ -102,8 +113,41 @@ func TestUplinkLost(t *testing.T) {
 	if err := c.Publish("up", []byte("x")); err == nil {
 		t.Error("Publish after the session ended = nil")
 	}
-	if len(lost) != 0 {
-		t.Error("onLost called twice")
+	time.Sleep(10 * time.Millisecond)
+	if n := lost.Load(); n != 2 {
+		t.Errorf("onLost called %d times; want 2", n)
+	}
+}
+
+// TestUplinkCloseDelivers closes an attached session while its check-ins
+// are still queued: the broker takes them all, and answers them, before
+// the DISCONNECT that Close queued after them.
+func TestUplinkCloseDelivers(t *testing.T) {
+	h := newMQTTTestBroker(t)
+	st := h.enroll(t)
+	c, _, err := h.dial("uplink", mqttDeviceOptions(st, nil))
+	if err != nil {
+		t.Fatal(err)
+	}
+	before := h.svc.Counters().CheckIns
+	const n = 50
+	for range n {
+		_, payload := mqttCheckIn(t, st)
+		if err := c.Publish(protocol.UplinkTopic("contoso", st.Device), payload); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := c.Close(); err != nil {
+		t.Errorf("Close = %v; want nil", err)
+	}
+	if got := h.svc.Counters().CheckIns - before; got != n {
+		t.Errorf("%d check-ins reached the service before the session closed; want %d", got, n)
+	}
+	if err := c.Err(); !errors.Is(err, errMQTTClosed) {
+		t.Errorf("Err() = %v; want %v", err, errMQTTClosed)
+	}
+	if h.lost.Load() != 0 {
+		t.Errorf("onLost called %d times; want 0", h.lost.Load())
 	}
 }
 
@@ -131,6 +175,10 @@ func TestUplinkSessionRefused(t *testing.T) {
 		if time.Now().After(deadline) {
 			t.Fatal("onLost not called")
 		}
+	}
+	time.Sleep(10 * time.Millisecond)
+	if n := h.lost.Load(); n != 1 {
+		t.Errorf("onLost called %d times for one refused PUBLISH; want 1", n)
 	}
 	if h.b.Connected(st.Device) {
 		t.Error("the broker still lists the session")
