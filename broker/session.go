@@ -15,8 +15,10 @@ import (
 // authenticated as, instead of being encoded onto the connection and read
 // back by the connection's goroutine. Topic access checks, hooks and
 // acknowledgements apply to each packet as to one read from the
-// connection; what the broker writes to the client still goes to the
-// connection. A simulated fleet thus spends neither a hand-over between
+// connection, and a refused topic ends the session as there; other
+// errors (Send's) leave the session to the caller, which ends it or not,
+// where an error reading a connection would end it. What the broker
+// writes to the client still goes to the connection. A simulated fleet thus spends neither a hand-over between
 // goroutines nor an encoding per message on its devices' way in, and the
 // connection's goroutine, idle, keeps a small stack.
 //
@@ -48,7 +50,9 @@ func (b *Broker) Session(clientID string, conn net.Conn) (*Session, error) {
 
 // Send hands the broker a packet from the session's client: a PUBLISH (at
 // QoS 0 or 1, not retained), a PUBACK or a DISCONNECT. A PUBLISH larger
-// than the broker takes from a connection is refused, as are retained
+// than the broker takes from a connection is refused (measured as MQTT
+// 3.1.1 encodes it: an MQTT 5 client's properties are not counted), as
+// are retained
 // messages (which the broker refuses from any device) and the other kinds
 // of packet; MQTT 5 properties are dropped for an MQTT 3.1.1 client, whose
 // connection could not carry them.

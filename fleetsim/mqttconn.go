@@ -91,7 +91,9 @@ type mqttOptions struct {
 	// once Close has returned. Nil discards messages.
 	OnMessage func(payload []byte)
 	// Timeout bounds the wait for CONNACK and SUBACK, and the DISCONNECT
-	// written by Close; default 30s.
+	// written by Close (an attached session's Close waits up to twice:
+	// for the broker to take its DISCONNECT, then to let it go); default
+	// 30s.
 	Timeout time.Duration
 }
 
@@ -570,21 +572,31 @@ func (c *mqttConn) close() error {
 	// as it reads DISCONNECT, and the reader must not take that for the
 	// broker ending the session. An attached session is marked closing
 	// instead, which end turns into the same cause, and lasts until the
-	// broker has taken its DISCONNECT.
+	// broker has taken its DISCONNECT; it holds mu meanwhile, so that no
+	// PUBLISH is queued behind the DISCONNECT (pushing never blocks).
+	attached := c.sess != nil
+	if attached {
+		c.mu.Lock()
+	}
 	c.state.Lock()
 	ended := c.cause != nil
-	if !ended && c.sess != nil {
+	if !ended && attached {
 		c.closing = true // the session lasts until the broker has taken DISCONNECT
 	} else if !ended {
 		c.cause = errMQTTClosed
 	}
 	c.state.Unlock()
+	if ended && attached {
+		c.mu.Unlock()
+	}
 	var err error
-	if !ended && c.sess != nil {
+	if !ended && attached {
 		// Through the queue, after what the session sent before, which
 		// the broker delivers and acknowledges first.
 		done := make(chan error, 1)
-		if c.up.push(uplinkItem{c: c, kind: packets.Disconnect, done: done}) {
+		queued := c.up.push(uplinkItem{c: c, kind: packets.Disconnect, done: done})
+		c.mu.Unlock()
+		if queued {
 			t := time.NewTimer(c.timeout)
 			select {
 			case err = <-done:

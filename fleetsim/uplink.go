@@ -129,7 +129,7 @@ func (q *uplinkQueue) run() {
 
 // sendNow hands one queued packet to the broker, in the queue's
 // goroutine. A PUBLISH the broker did not take ends the session, and
-// OnLost tells the owner, since Publish had already returned.
+// onLost tells the owner, since Publish had already returned.
 func (c *mqttConn) sendNow(it *uplinkItem) {
 	pk := packets.Packet{FixedHeader: packets.FixedHeader{Type: it.kind}, ProtocolVersion: 4, PacketID: it.id}
 	if it.kind == packets.Publish {

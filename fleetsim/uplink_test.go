@@ -113,15 +113,15 @@ func TestUplinkLost(t *testing.T) {
 	if err := c.Publish("up", []byte("x")); err == nil {
 		t.Error("Publish after the session ended = nil")
 	}
-	time.Sleep(10 * time.Millisecond)
+	u.close() // whatever is queued is handed over first
 	if n := lost.Load(); n != 2 {
 		t.Errorf("onLost called %d times; want 2", n)
 	}
 }
 
 // TestUplinkCloseDelivers closes an attached session while its check-ins
-// are still queued: the broker takes them all, and answers them, before
-// the DISCONNECT that Close queued after them.
+// are still queued: the broker takes them all, and the service handles
+// them, before the DISCONNECT that Close queued after them.
 func TestUplinkCloseDelivers(t *testing.T) {
 	h := newMQTTTestBroker(t)
 	st := h.enroll(t)
@@ -176,7 +176,7 @@ func TestUplinkSessionRefused(t *testing.T) {
 			t.Fatal("onLost not called")
 		}
 	}
-	time.Sleep(10 * time.Millisecond)
+	h.up.close() // whatever is queued is handed over first
 	if n := h.lost.Load(); n != 1 {
 		t.Errorf("onLost called %d times for one refused PUBLISH; want 1", n)
 	}
@@ -200,5 +200,48 @@ func TestSettleDropped(t *testing.T) {
 	}
 	if n := s.work.n.Load(); n != 0 {
 		t.Errorf("work in flight after settling = %d; want 0", n)
+	}
+}
+
+// TestUplinkPublishDuringClose publishes from one goroutine while another
+// closes the session: every PUBLISH either fails at once or reaches the
+// service, and none is queued behind the DISCONNECT, to be refused later.
+func TestUplinkPublishDuringClose(t *testing.T) {
+	h := newMQTTTestBroker(t)
+	st := h.enroll(t)
+	c, _, err := h.dial("uplink", mqttDeviceOptions(st, nil))
+	if err != nil {
+		t.Fatal(err)
+	}
+	before := h.svc.Counters().CheckIns
+	var sent atomic.Uint64
+	started := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		for i := 0; ; i++ {
+			if i == 20 {
+				close(started)
+			}
+			_, payload := mqttCheckIn(t, st)
+			if err := c.Publish(protocol.UplinkTopic("contoso", st.Device), payload); err != nil {
+				if !errors.Is(err, errMQTTClosed) {
+					t.Errorf("Publish while closing = %v; want %v", err, errMQTTClosed)
+				}
+				return
+			}
+			sent.Add(1)
+		}
+	})
+	<-started
+	if err := c.Close(); err != nil {
+		t.Errorf("Close = %v; want nil", err)
+	}
+	wg.Wait()
+	h.up.close()
+	if got := h.svc.Counters().CheckIns - before; got != sent.Load() {
+		t.Errorf("%d check-ins reached the service; %d were published", got, sent.Load())
+	}
+	if n := h.lost.Load(); n != 0 {
+		t.Errorf("onLost called %d times; want 0", n)
 	}
 }
