@@ -27,7 +27,9 @@
 // on a small stack: at 100,000 devices at most 690 MiB of goroutine
 // stacks at any collection, against 2 to 3.7 GiB when those goroutines
 // ran the service. Over the network a session has one goroutine, the
-// reader, and writes every packet.
+// reader, and writes every packet; Config.Wire makes an in-process
+// session write every packet too, so that the broker's reading of each is
+// part of the load, with the same figures.
 //
 // What the timeline samples (devices by authority, retained profiles,
 // devices with a redundant pair or a gap) is counted as each device's

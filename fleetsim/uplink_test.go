@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"reflect"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -243,5 +244,35 @@ func TestUplinkPublishDuringClose(t *testing.T) {
 	}
 	if n := h.lost.Load(); n != 0 {
 		t.Errorf("onLost called %d times; want 0", n)
+	}
+}
+
+// TestWireSameFigures runs one fleet twice, its devices sending through
+// the uplink (the default) and writing every packet on their connections
+// (Config.Wire): the same timers fire in the same order and every figure
+// of the migration is the same.
+func TestWireSameFigures(t *testing.T) {
+	cfg := Config{Devices: 150, Seed: 21}
+	up, a := runSim(t, cfg)
+	cfg.Wire = true
+	wire, b := runSim(t, cfg)
+	attached := func(s *sim) (n int) {
+		for _, d := range s.devices {
+			if d != nil && d.client != nil && d.client.sess != nil {
+				n++
+			}
+		}
+		return n
+	}
+	if up.up == nil || attached(up) == 0 || wire.up != nil || attached(wire) != 0 {
+		t.Fatalf("devices attached to an uplink: %d by default, %d with Wire; want some, then none", attached(up), attached(wire))
+	}
+	if up.fired != wire.fired {
+		t.Error("the uplink and the wire ran different timers, or in another order")
+	}
+	if !reflect.DeepEqual(a.Migration, b.Migration) || !reflect.DeepEqual(a.Profiles, b.Profiles) ||
+		!reflect.DeepEqual(a.CheckIns, b.CheckIns) || !reflect.DeepEqual(a.Timeline, b.Timeline) || a.Pushes != b.Pushes ||
+		a.Validation != b.Validation || a.Run.Connects != b.Run.Connects {
+		t.Errorf("the uplink and the wire disagree:\n%+v\n%+v\n%+v\n%+v", a.Migration, b.Migration, a.CheckIns, b.CheckIns)
 	}
 }

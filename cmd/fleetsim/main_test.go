@@ -209,3 +209,24 @@ func TestParseSize(t *testing.T) {
 		}
 	}
 }
+
+// TestWireFlag runs a small fleet with and without --wire: the summary,
+// but for its run and host lines, is the same.
+func TestWireFlag(t *testing.T) {
+	summary := func(extra ...string) string {
+		var out, errOut bytes.Buffer
+		if code := run(context.Background(), append([]string{"-q", "--devices", "25", "--seed", "5"}, extra...), &out, &errOut); code != 0 {
+			t.Fatalf("exit %d: %s", code, errOut.String())
+		}
+		var keep []string
+		for _, line := range strings.Split(out.String(), "\n") {
+			if !strings.HasPrefix(line, "run ") && !strings.HasPrefix(line, "host ") {
+				keep = append(keep, line)
+			}
+		}
+		return strings.Join(keep, "\n")
+	}
+	if a, b := summary(), summary("--wire"); a != b {
+		t.Errorf("--wire changed the summary:\n%s\n---\n%s", a, b)
+	}
+}
