@@ -14,6 +14,7 @@ import (
 
 	"github.com/mochi-mqtt/server/v2/packets"
 
+	"github.com/mdm-authority/mdm/agent"
 	"github.com/mdm-authority/mdm/protocol"
 )
 
@@ -124,12 +125,7 @@ func TestUplinkLost(t *testing.T) {
 // are still queued: the broker takes them all, and the service handles
 // them, before the DISCONNECT that Close queued after them.
 func TestUplinkCloseDelivers(t *testing.T) {
-	h := newMQTTTestBroker(t)
-	st := h.enroll(t)
-	c, _, err := h.dial("uplink", mqttDeviceOptions(st, nil))
-	if err != nil {
-		t.Fatal(err)
-	}
+	h, st, c := newUplinkSession(t)
 	before := h.svc.Counters().CheckIns
 	const n = 50
 	for range n {
@@ -152,16 +148,24 @@ func TestUplinkCloseDelivers(t *testing.T) {
 	}
 }
 
-// TestUplinkSessionRefused publishes through a real broker to a topic the
-// device may not write: the broker refuses it after Publish has returned,
-// ends the session, and onLost tells the owner.
-func TestUplinkSessionRefused(t *testing.T) {
+// newUplinkSession enrolls a device with a new test broker and opens its
+// session attached to the broker's uplink.
+func newUplinkSession(t *testing.T) (*mqttTestBroker, *agent.State, *mqttConn) {
+	t.Helper()
 	h := newMQTTTestBroker(t)
 	st := h.enroll(t)
 	c, _, err := h.dial("uplink", mqttDeviceOptions(st, nil))
 	if err != nil {
 		t.Fatal(err)
 	}
+	return h, st, c
+}
+
+// TestUplinkSessionRefused publishes through a real broker to a topic the
+// device may not write: the broker refuses it after Publish has returned,
+// ends the session, and onLost tells the owner.
+func TestUplinkSessionRefused(t *testing.T) {
+	h, st, c := newUplinkSession(t)
 	defer c.Close()
 	_, payload := mqttCheckIn(t, st)
 	if err := c.Publish(protocol.UplinkTopic("contoso", "d-other"), payload); err != nil {
@@ -208,12 +212,7 @@ func TestSettleDropped(t *testing.T) {
 // closes the session: every PUBLISH either fails at once or reaches the
 // service, and none is queued behind the DISCONNECT, to be refused later.
 func TestUplinkPublishDuringClose(t *testing.T) {
-	h := newMQTTTestBroker(t)
-	st := h.enroll(t)
-	c, _, err := h.dial("uplink", mqttDeviceOptions(st, nil))
-	if err != nil {
-		t.Fatal(err)
-	}
+	h, st, c := newUplinkSession(t)
 	before := h.svc.Counters().CheckIns
 	var sent atomic.Uint64
 	started := make(chan struct{})
