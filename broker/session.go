@@ -18,9 +18,10 @@ import (
 // connection, and a refused topic ends the session as there; other
 // errors (Send's) leave the session to the caller, which ends it or not,
 // where an error reading a connection would end it. What the broker
-// writes to the client still goes to the connection. A simulated fleet thus spends neither a hand-over between
-// goroutines nor an encoding per message on its devices' way in, and the
-// connection's goroutine, idle, keeps a small stack.
+// writes to the client still goes to the connection. A simulated fleet
+// thus spends neither a hand-over between goroutines nor an encoding per
+// message on its devices' way in, and the connection's goroutine, idle,
+// keeps a small stack.
 //
 // Send handles a packet in the caller's goroutine; a client's packets must
 // be sent one at a time, in order, as on a connection, and not while the
@@ -42,7 +43,9 @@ var ErrNoSession = errors.New("no session of that client on the connection")
 // carries for clientID.
 func (b *Broker) Session(clientID string, conn net.Conn) (*Session, error) {
 	cl, ok := b.server.Clients.Get(clientID)
-	if !ok || conn == nil || cl.Net.Inline || cl.Net.Conn != conn || cl.Closed() {
+	// mochi's inline client (the service's own) has no connection: a
+	// session of it would skip the topic checks.
+	if !ok || conn == nil || cl.Net.Conn != conn || cl.Closed() {
 		return nil, fmt.Errorf("broker: client %s: %w", clientID, ErrNoSession)
 	}
 	return &Session{b: b, cl: cl}, nil
@@ -52,10 +55,9 @@ func (b *Broker) Session(clientID string, conn net.Conn) (*Session, error) {
 // QoS 0 or 1, not retained), a PUBACK or a DISCONNECT. A PUBLISH larger
 // than the broker takes from a connection is refused (measured as MQTT
 // 3.1.1 encodes it: an MQTT 5 client's properties are not counted), as
-// are retained
-// messages (which the broker refuses from any device) and the other kinds
-// of packet; MQTT 5 properties are dropped for an MQTT 3.1.1 client, whose
-// connection could not carry them.
+// are retained messages (which the broker refuses from any device) and
+// the other kinds of packet; MQTT 5 properties are dropped for an MQTT
+// 3.1.1 client, whose connection could not carry them.
 //
 // A QoS 1 PUBLISH to a topic the client may not write fails with
 // packets.ErrNotAuthorized and ends the session, as on a connection (at

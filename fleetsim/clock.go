@@ -53,9 +53,13 @@ func (w *work) Add(delta int64) {
 	}
 }
 
-func (w *work) signal() {
+func (w *work) signal() { notify(w.wake) }
+
+// notify wakes the one goroutine that waits on ch (buffered 1), or leaves
+// it a wake-up for when it next waits.
+func notify(ch chan struct{}) {
 	select {
-	case w.wake <- struct{}{}:
+	case ch <- struct{}{}:
 	default:
 	}
 }

@@ -2,11 +2,10 @@ package fleetsim
 
 import (
 	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
-	"crypto/x509"
 	"sync"
 	"sync/atomic"
+
+	"github.com/mdm-authority/mdm/broker"
 )
 
 // deviceKey is a device's key pair and the certificate request, signed
@@ -18,15 +17,8 @@ type deviceKey struct {
 
 // newDeviceKey makes a device's key and certificate request.
 func newDeviceKey() (deviceKey, error) {
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		return deviceKey{}, err
-	}
-	csr, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{}, key)
-	if err != nil {
-		return deviceKey{}, err
-	}
-	return deviceKey{key: key, csr: csr}, nil
+	key, csr, err := broker.NewDeviceKeyAndCSR()
+	return deviceKey{key: key, csr: csr}, err
 }
 
 // keyMaker makes devices' keys ahead of their enrollment, on a goroutine

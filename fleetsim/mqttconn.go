@@ -510,7 +510,13 @@ func (c *mqttConn) subscribe(filter string) error {
 func (c *mqttConn) Publish(topic string, payload []byte) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if err := c.Err(); err != nil {
+	c.state.Lock()
+	err := c.cause
+	if err == nil && c.closing {
+		err = errMQTTClosed // an attached session's Close has begun
+	}
+	c.state.Unlock()
+	if err != nil {
 		return fmt.Errorf("mqtt publish %s to %s: %w", c.id, topic, err)
 	}
 	c.nextID++
@@ -518,12 +524,6 @@ func (c *mqttConn) Publish(topic string, payload []byte) error {
 		c.nextID = 1 // 0 is not a packet id
 	}
 	if c.sess != nil {
-		c.state.Lock()
-		closing := c.closing
-		c.state.Unlock()
-		if closing {
-			return fmt.Errorf("mqtt publish %s to %s: %w", c.id, topic, errMQTTClosed)
-		}
 		if !c.up.push(uplinkItem{c: c, kind: packets.Publish, id: c.nextID, topic: topic, payload: slices.Clone(payload)}) {
 			err := fmt.Errorf("mqtt publish %s to %s: %w", c.id, topic, errMQTTClosed)
 			c.end(err)

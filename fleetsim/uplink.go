@@ -97,12 +97,7 @@ func (q *uplinkQueue) push(it uplinkItem) bool {
 	return true
 }
 
-func (q *uplinkQueue) signal() {
-	select {
-	case q.wake <- struct{}{}:
-	default:
-	}
-}
+func (q *uplinkQueue) signal() { notify(q.wake) }
 
 // run hands the queued packets to the broker until the queue stops.
 func (q *uplinkQueue) run() {
