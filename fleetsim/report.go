@@ -279,8 +279,17 @@ type RunReport struct {
 	// second while the fleet enrolls (its first four virtual hours), and
 	// Connects all of them, reconnections included.
 	BurstCheckInsPerSec float64 `json:"burst_checkins_per_s"`
-	ConnectsPerSec      float64 `json:"connects_per_s"`
-	Connects            int     `json:"connects"`
+	// BurstWallSeconds is the real time the burst took; BurstCPUSeconds
+	// the CPU time the process used in it, user and system (absent where
+	// the system does not report it); BurstGCs the garbage collections
+	// that ended in it. A collection in the burst slows it, and whether
+	// one falls in it varies from run to run: these tell such a run from
+	// a slower machine.
+	BurstWallSeconds float64  `json:"burst_wall_s"`
+	BurstCPUSeconds  *float64 `json:"burst_cpu_s,omitempty"`
+	BurstGCs         uint64   `json:"burst_gcs"`
+	ConnectsPerSec   float64  `json:"connects_per_s"`
+	Connects         int      `json:"connects"`
 	// Restarts counts the restart steps carried out.
 	Restarts int `json:"restarts"`
 	// ConnectErrors counts device connections that failed or were
@@ -314,6 +323,11 @@ func (s *sim) report() *Report {
 			BurstCheckInsPerSec: s.burst.rate(), ConnectsPerSec: s.enrolling.rate(), Connects: s.stats.connects,
 			Restarts: s.restarts, ConnectErrors: s.stats.connectErrors, SessionsLost: s.stats.sessionsLost,
 			Host: host()},
+	}
+	burstWall, burstCPU, gcs, cpuOK := s.burst.spent()
+	r.Run.BurstWallSeconds, r.Run.BurstGCs = burstWall.Seconds(), gcs
+	if cpuOK {
+		r.Run.BurstCPUSeconds = new(burstCPU.Seconds())
 	}
 	if s.ext != nil {
 		r.Run.Service, r.Run.Shard = s.ext.MQTT, fmt.Sprintf("%d/%d", s.ext.Shard, s.ext.Shards)
@@ -442,8 +456,9 @@ func (r *Report) WriteSummary(w io.Writer) error {
 		r.Profiles.Overwritten, r.Profiles.RedundantDevicesMax, r.Profiles.GapDevices, r.Profiles.RetainedAtEnd)
 	p("validation\tcanary on %s; remote lock %s\n", r.Validation.CanaryAuthority, r.Validation.RemoteLock)
 	p("final\toffice365 %d, intune %d\n", r.Final["office365"], r.Final["intune"])
-	p("run\t%.1f s wall for %s virtual, %.0f check-ins/s (%.0f in the migration burst), %.0f connects/s while enrolling, peak RSS %d MiB\n",
-		r.Run.WallSeconds, secs(r.Run.VirtualSeconds), r.Run.CheckInsPerSec, r.Run.BurstCheckInsPerSec, r.Run.ConnectsPerSec, r.Run.PeakRSSBytes>>20)
+	p("run\t%.1f s wall for %s virtual, %.0f check-ins/s (%.0f in the migration burst%s), %.0f connects/s while enrolling, peak RSS %d MiB\n",
+		r.Run.WallSeconds, secs(r.Run.VirtualSeconds), r.Run.CheckInsPerSec, r.Run.BurstCheckInsPerSec, burstSpent(&r.Run),
+		r.Run.ConnectsPerSec, r.Run.PeakRSSBytes>>20)
 	p("host\t%s\n", r.Run.Host)
 	return tw.Flush()
 }
@@ -498,4 +513,19 @@ func (r *Report) WriteTimeline(w io.Writer) error {
 	}
 	cw.Flush()
 	return cw.Error()
+}
+
+// burstSpent says what the burst cost: ", 3.21 s, 5.14 CPU s, 1 collection".
+func burstSpent(r *RunReport) string {
+	if r.BurstWallSeconds == 0 {
+		return ""
+	}
+	out := fmt.Sprintf(", %.2f s", r.BurstWallSeconds)
+	if r.BurstCPUSeconds != nil {
+		out += fmt.Sprintf(", %.2f CPU s", *r.BurstCPUSeconds)
+	}
+	if r.BurstGCs == 1 {
+		return out + ", 1 collection"
+	}
+	return out + fmt.Sprintf(", %d collections", r.BurstGCs)
 }

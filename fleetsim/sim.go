@@ -15,6 +15,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"runtime/metrics"
 	"runtime/pprof"
 	"slices"
 	"sync"
@@ -375,11 +376,14 @@ const burstWindow = 10 * time.Minute
 // rateWindow measures a rate per real second over a window of virtual
 // time: a count at the first timer at or after its start and again at
 // the first at or after its end (or the end of the run).
+// It also takes what the process spent meanwhile: its CPU time and the
+// garbage collections that ended.
 type rateWindow struct {
 	from, to           time.Time // virtual
 	realFrom, realTo   time.Time
 	countFrom, countTo int
 	started, ended     bool
+	runFrom, runTo     runtimeSample
 }
 
 func (w *rateWindow) observe(now time.Time, count int) {
@@ -387,11 +391,44 @@ func (w *rateWindow) observe(now time.Time, count int) {
 		return
 	}
 	if !w.started && !now.Before(w.from) {
-		w.started, w.realFrom, w.countFrom = true, time.Now(), count
+		w.started, w.realFrom, w.countFrom, w.runFrom = true, time.Now(), count, sampleRuntime()
 	}
 	if w.started && !now.Before(w.to) {
-		w.ended, w.realTo, w.countTo = true, time.Now(), count
+		w.ended, w.realTo, w.countTo, w.runTo = true, time.Now(), count, sampleRuntime()
 	}
+}
+
+// spent is the real time, the process's CPU time (with ok false when the
+// system does not report it) and the collections that ended over the
+// window; zero when it did not run.
+func (w *rateWindow) spent() (wall, cpu time.Duration, gcs uint64, ok bool) {
+	if !w.ended {
+		return 0, 0, 0, false
+	}
+	ok = w.runFrom.cpuOK && w.runTo.cpuOK
+	if ok {
+		cpu = w.runTo.cpu - w.runFrom.cpu
+	}
+	return w.realTo.Sub(w.realFrom), cpu, w.runTo.gcs - w.runFrom.gcs, ok
+}
+
+// runtimeSample is the process's CPU time and the Go runtime's count of
+// finished garbage collections at one moment.
+type runtimeSample struct {
+	cpu   time.Duration
+	cpuOK bool
+	gcs   uint64
+}
+
+func sampleRuntime() runtimeSample {
+	m := []metrics.Sample{{Name: "/gc/cycles/total:gc-cycles"}}
+	metrics.Read(m)
+	var r runtimeSample
+	if m[0].Value.Kind() == metrics.KindUint64 {
+		r.gcs = m[0].Value.Uint64()
+	}
+	r.cpu, r.cpuOK = processCPU()
+	return r
 }
 
 // rate is the count per real second over the window; 0 when it did not

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"reflect"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -242,5 +243,38 @@ func TestBurstProfile(t *testing.T) {
 	}
 	if r.Run.BurstCheckInsPerSec <= 0 || r.Migration.Migrated == 0 {
 		t.Fatalf("burst %g check-ins/s, %d migrated: want a burst and a migration", r.Run.BurstCheckInsPerSec, r.Migration.Migrated)
+	}
+}
+
+// TestBurstSpent checks that the burst's window takes the real time, the
+// process's CPU time and the garbage collections that ended in it.
+func TestBurstSpent(t *testing.T) {
+	start := time.Unix(0, 0)
+	w := rateWindow{from: start, to: start.Add(time.Minute)}
+	w.observe(start, 10)
+	runtime.GC()
+	runtime.GC()
+	for cpu, ok := processCPU(); ok; {
+		if now, _ := processCPU(); now-cpu >= 20*time.Millisecond {
+			break
+		}
+	}
+	w.observe(start.Add(time.Minute), 30)
+	wall, cpu, gcs, ok := w.spent()
+	if gcs < 2 {
+		t.Errorf("%d collections in the window, want at least the 2 it ran", gcs)
+	}
+	if wall <= 0 {
+		t.Errorf("wall time %s, want more than 0", wall)
+	}
+	if _, reported := processCPU(); ok != reported || (ok && cpu < 20*time.Millisecond) {
+		t.Errorf("CPU time %s (reported %t), want at least the 20ms spent in the window", cpu, ok)
+	}
+	r := RunReport{BurstWallSeconds: wall.Seconds(), BurstGCs: 1, BurstCPUSeconds: new(1.5)}
+	if got := burstSpent(&r); !strings.HasSuffix(got, ", 1.50 CPU s, 1 collection") {
+		t.Errorf("burstSpent = %q", got)
+	}
+	if got := burstSpent(&RunReport{}); got != "" {
+		t.Errorf("burstSpent without a burst = %q, want nothing", got)
 	}
 }
