@@ -3,6 +3,7 @@ package broker
 import (
 	"errors"
 	"fmt"
+	"math"
 	"time"
 
 	"github.com/mdm-authority/mdm/protocol"
@@ -223,7 +224,9 @@ func (s *Service) IssueCommand(device string, action protocol.CommandKind, messa
 func (s *Service) Devices(keep func(*Device) bool) ([]Device, error) {
 	var out []Device
 	err := s.store.View(func(tx *Tx) error {
+		pushes := tx.pushesOf("")
 		return tx.Devices(func(d *Device) error {
+			showPush(d, pushes[d.ID])
 			if keep == nil || keep(d) {
 				out = append(out, *d)
 			}
@@ -242,6 +245,7 @@ func (s *Service) Device(id string) (Device, []*Command, error) {
 		if d, err = tx.Device(id); err != nil {
 			return err
 		}
+		showPush(d, tx.pushesOf(id)[id])
 		cmds, err = tx.Commands(id)
 		return err
 	})
@@ -313,25 +317,20 @@ func (s *Service) RepushPending() (int, error) {
 	n := 0
 	err := s.store.Update(func(tx *Tx) error {
 		n = 0
-		keys := tx.duePushes(time.Unix(0, 1<<63-1), tx.queuedPushes())
-		for _, key := range keys {
-			if err := tx.deletePushKey(key); err != nil {
+		for _, e := range tx.duePushes(time.Unix(0, math.MaxInt64), math.MaxInt) {
+			if err := tx.deletePush(e); err != nil {
 				return err
 			}
-			d, err := tx.Device(pushKeyDevice(key))
+			d, err := tx.Device(e.device)
 			if errors.Is(err, ErrNotFound) {
 				continue
 			} else if err != nil {
 				return err
 			}
-			if !d.Push.Pending {
-				continue
+			if !e.current(d) {
+				continue // left behind: dropped
 			}
-			d.Push.NextAt = now
-			if err := tx.queuePush(d); err != nil {
-				return err
-			}
-			if err := tx.PutDevice(d); err != nil {
+			if err := tx.queuePush(d, now, e.sent(d)); err != nil {
 				return err
 			}
 			n++

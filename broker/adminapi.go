@@ -507,6 +507,7 @@ func (s *Service) MigrationStatus() (MigrationStatus, error) {
 	st := MigrationStatus{Mode: t.Mode, Epoch: t.Epoch, ChangedAt: t.ChangedAt(),
 		ByAuthority: map[protocol.Authority]int{}, FailedByCode: map[protocol.ErrorCode]int{}}
 	err := s.store.View(func(tx *Tx) error {
+		pushes := tx.pushesOf("")
 		return tx.Devices(func(d *Device) error {
 			if !d.Managed() {
 				return nil
@@ -521,6 +522,7 @@ func (s *Service) MigrationStatus() (MigrationStatus, error) {
 				st.Stranded++
 			}
 			if d.Push.Pending {
+				showPush(d, pushes[d.ID])
 				st.PushesQueued++
 				if d.Push.Attempts >= 2 {
 					st.Retried++

@@ -50,13 +50,31 @@ func (s *DeviceState) UnmarshalText(b []byte) error {
 }
 
 // PushState tracks the check-in request the service owes a device: it is
-// sent, then retried up to MaxPushRetries times, until the device checks in.
+// sent, then retried (PushRetryDelays) until the device checks in.
+//
+// The push queue keeps the sends and the next one's time; Attempts and
+// NextAt are filled from it where the admin API shows a device, and kept
+// in the record only by older versions (see pushEntry).
 type PushState struct {
 	Pending  bool                `json:"pending"`
 	Reason   protocol.PushReason `json:"reason"`
 	Attempts int                 `json:"attempts"`
 	NextAt   time.Time           `json:"next_at,omitzero"`
+	// Gen tells this push from the device's earlier ones, whose queue
+	// entries may still wait in the queue: each push gets a larger one.
+	Gen uint64 `cbor:"gen,omitempty" json:"-"`
 }
+
+// owe makes the device owed a push for reason, queued at now: a new
+// generation.
+func (p *PushState) owe(reason protocol.PushReason, now time.Time) {
+	gen := max(uint64(now.UnixNano()), p.Gen+1)
+	*p = PushState{Pending: true, Reason: reason, NextAt: now, Gen: gen}
+}
+
+// clear makes the device owed nothing. Gen stays, so that the next push
+// is told from this one.
+func (p *PushState) clear() { *p = PushState{Gen: p.Gen} }
 
 // Device is the service's record of one enrolled device.
 type Device struct {
@@ -170,7 +188,7 @@ func (d *Device) checkIn(t *Tenant, m *protocol.CheckIn, now time.Time) protocol
 	if m.OSVersion != "" {
 		d.OSVersion = m.OSVersion
 	}
-	d.Push = PushState{} // it checked in: nothing more to ask
+	d.Push.clear() // it checked in: nothing more to ask
 	return protocol.CodeNone
 }
 

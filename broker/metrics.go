@@ -125,9 +125,11 @@ func (s *Service) WriteMetrics(w io.Writer) error {
 	devices := map[key]int{}
 	backlog := 0
 	verr := s.store.View(func(tx *Tx) error {
-		backlog = tx.queuedPushes()
 		return tx.Devices(func(d *Device) error {
 			devices[key{d.Authority, d.State}]++
+			if d.Push.Pending {
+				backlog++ // each has one current entry in the queue
+			}
 			return nil
 		})
 	})

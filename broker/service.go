@@ -275,13 +275,11 @@ func (s *Service) UploadAPNs(a protocol.Authority, consent bool) (int, error) {
 	return queued, nil
 }
 
-// schedulePush queues a push to d due now, replacing any queued one.
+// schedulePush queues a push to d due now, in place of any queued one
+// (left behind in the queue: see pushEntry).
 func (s *Service) schedulePush(tx *Tx, d *Device, reason protocol.PushReason, now time.Time) error {
-	if err := tx.unqueuePush(d); err != nil {
-		return err
-	}
-	d.Push = PushState{Pending: true, Reason: reason, NextAt: now}
-	if err := tx.queuePush(d); err != nil {
+	d.Push.owe(reason, now)
+	if err := tx.queuePush(d, now, 0); err != nil {
 		return err
 	}
 	return tx.PutDevice(d)
@@ -290,72 +288,77 @@ func (s *Service) schedulePush(tx *Tx, d *Device, reason protocol.PushReason, no
 // DuePushes takes up to max pushes that are due and returns them as
 // messages to publish. Each is requeued for its next retry, or dropped after
 // the last, before it is returned: a push lost in a crash is retried.
+// Queue entries left behind (see pushEntry) are dropped on the way and do
+// not count: each is read once, when it comes due.
 func (s *Service) DuePushes(max int) ([]Outgoing, error) {
 	now := s.opts.Clock.Now()
 	t := s.Tenant()
 	// The due devices' records are read here and decoded on every core;
 	// the write transaction takes those that are unchanged.
 	read := map[string]*deviceRead{}
-	var reads []*deviceRead
 	var due bool
 	if err := s.store.View(func(tx *Tx) error {
-		for _, key := range tx.duePushes(now, max) {
-			due = true
-			id := pushKeyDevice(key)
-			if r := tx.readDevice(id); r != nil {
-				read[id] = r
-				reads = append(reads, r)
-			}
-		}
+		due = tx.readDuePushes(now, max, read)
 		return nil
 	}); err != nil || !due {
 		return nil, err // nothing due: no write transaction
 	}
-	decodeReads(reads)
 	var out []Outgoing
 	retries := 0
 	err := s.store.Update(func(tx *Tx) error {
 		out, retries = out[:0], 0
-		for _, key := range tx.duePushes(now, max) {
-			if err := tx.deletePushKey(key); err != nil {
-				return err
+		// Every entry read is deleted (and requeued later, if sent), so
+		// each round reads on from the first one not yet handled.
+		for taken := 0; taken < max; {
+			es := tx.duePushes(now, max-taken)
+			if len(es) == 0 {
+				break
 			}
-			id := pushKeyDevice(key)
-			d, err := tx.deviceFrom(id, read[id])
-			if errors.Is(err, ErrNotFound) {
-				continue // a device removed since: nothing to push
-			} else if err != nil {
-				return err
-			}
-			target, _ := d.target(&t)
-			if !d.Managed() || !d.Push.Pending || (d.Platform.NeedsAPNs() && !t.HasAPNs(target)) {
-				// Not managed, or no push can reach it: the APNs upload
-				// pushes iOS and iPadOS devices when it can.
-				d.Push = PushState{}
+			for _, e := range es {
+				if err := tx.deletePush(e); err != nil {
+					return err
+				}
+				d, err := tx.deviceFrom(e.device, read[e.device])
+				if errors.Is(err, ErrNotFound) {
+					continue // a device removed since: left behind
+				} else if err != nil {
+					return err
+				}
+				if !e.current(d) {
+					continue // it checked in or was pushed again since
+				}
+				taken++
+				sent := e.sent(d)
+				target, _ := d.target(&t)
+				if !d.Managed() || (d.Platform.NeedsAPNs() && !t.HasAPNs(target)) {
+					// Not managed, or no push can reach it: the APNs upload
+					// pushes iOS and iPadOS devices when it can.
+					d.Push.clear()
+					if err := tx.PutDevice(d); err != nil {
+						return err
+					}
+					continue
+				}
+				msg, err := s.encode(d.ID, protocol.MessageID{}, &protocol.Push{Epoch: t.Epoch, Reason: d.Push.Reason})
+				if err != nil {
+					return err
+				}
+				out = append(out, Outgoing{Topic: protocol.DownlinkTopic(s.opts.Tenant, d.ID), QoS: 0, Payload: msg})
+				if sent > 0 {
+					retries++
+				}
+				if sent < len(PushRetryDelays) {
+					// The device record does not change: the entry keeps
+					// the sends and the next one's time.
+					if err := tx.queuePush(d, now.Add(PushRetryDelays[sent]), sent+1); err != nil {
+						return err
+					}
+					continue
+				}
+				d.Push.clear()
 				if err := tx.PutDevice(d); err != nil {
 					return err
 				}
-				continue
-			}
-			msg, err := s.encode(d.ID, protocol.MessageID{}, &protocol.Push{Epoch: t.Epoch, Reason: d.Push.Reason})
-			if err != nil {
-				return err
-			}
-			out = append(out, Outgoing{Topic: protocol.DownlinkTopic(s.opts.Tenant, d.ID), QoS: 0, Payload: msg})
-			if d.Push.Attempts > 0 {
-				retries++
-			}
-			if d.Push.Attempts < len(PushRetryDelays) {
-				d.Push.NextAt = now.Add(PushRetryDelays[d.Push.Attempts])
-				d.Push.Attempts++
-				if err := tx.queuePush(d); err != nil {
-					return err
-				}
-			} else {
-				d.Push = PushState{}
-			}
-			if err := tx.PutDevice(d); err != nil {
-				return err
 			}
 		}
 		return nil
@@ -576,16 +579,10 @@ func (s *Service) checkIn(id string, env *protocol.Envelope, m *protocol.CheckIn
 			return nil
 		}
 		d.LastMessage, d.LastMessageSent = env.ID, env.Sent.Time()
-		if err := tx.unqueuePush(d); err != nil {
-			return err
-		}
+		// A push it was owed, if it checks in, is left in the queue
+		// (see pushEntry); if it is refused, it is still owed.
 		if code := d.checkIn(&t, m, now); code != protocol.CodeNone {
 			resp = refuseCheckIn(code)
-			if d.Push.Pending {
-				if err := tx.queuePush(d); err != nil {
-					return err
-				}
-			}
 			return tx.PutDevice(d)
 		}
 		resp = &protocol.CheckInResponse{
@@ -727,10 +724,7 @@ func (s *Service) commandResult(id string, r *protocol.CommandResult) error {
 			if c.Action == protocol.CommandRetire {
 				d.State = DeviceRetired
 			}
-			if err := tx.unqueuePush(d); err != nil {
-				return err
-			}
-			d.Push = PushState{}
+			d.Push.clear()
 			if err := tx.PutDevice(d); err != nil {
 				return err
 			}
@@ -847,10 +841,8 @@ func (s *Service) unenroll(id string) error {
 		if !d.Managed() {
 			return fmt.Errorf("unenroll of %s device %s: %w", d.State, id, ErrConflict)
 		}
-		if err := tx.unqueuePush(d); err != nil {
-			return err
-		}
-		d.State, d.Push = DeviceUnenrolled, PushState{}
+		d.State = DeviceUnenrolled
+		d.Push.clear()
 		return tx.PutDevice(d)
 	})
 }

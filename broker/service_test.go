@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"math"
 	"math/rand/v2"
 	"path/filepath"
 	"slices"
@@ -649,5 +650,164 @@ func TestRestartMidFanOut(t *testing.T) {
 	}
 	if len(got) != 8 {
 		t.Errorf("pushes after restart = %d; want 8", len(got))
+	}
+}
+
+// TestPushesLeftBehind checks the queue entries that check-ins and newer
+// pushes leave behind: they are dropped when due, never sent, and never
+// count against a fan-out tick's pushes, however many come first.
+func TestPushesLeftBehind(t *testing.T) {
+	h := newHarness(t)
+	mustDo(t, h.svc.SetAuthority, ModeOffice365)
+	var devs []*testDevice
+	for range 12 {
+		devs = append(devs, h.mustEnroll(protocol.PlatformAndroid, "ada@contoso.example"))
+	}
+	drain := func(max int) map[string]int {
+		t.Helper()
+		pushed := map[string]int{}
+		for {
+			out, err := h.svc.DuePushes(max)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(out) == 0 {
+				return pushed
+			}
+			for _, o := range out {
+				pushed[o.Topic]++
+			}
+		}
+	}
+	mustDo(t, h.svc.SetAuthority, ModeIntune)
+	if got := drain(5); len(got) != 12 {
+		t.Fatalf("first sends reached %d devices, want 12", len(got))
+	}
+	// Half check in: their retries are left behind. A newer push to all
+	// (the change back), queued once the retries are due and before the
+	// fan-out sends them, leaves the others' retries behind too, due
+	// before it in the queue.
+	for _, d := range devs[:6] {
+		d.checkIn()
+	}
+	h.clock.Advance(6 * time.Minute)
+	mustDo(t, h.svc.SetAuthority, ModeOffice365)
+	out, err := h.svc.DuePushes(3)
+	if err != nil || len(out) != 3 {
+		t.Fatalf("DuePushes(3) behind 12 entries left behind = %d, %v; want 3", len(out), err)
+	}
+	if got := drain(3); len(got) != 9 {
+		t.Errorf("the newer push reached %d more devices, want the other 9", len(got))
+	}
+	for _, d := range devs {
+		if rec := h.record(d.id); !rec.Push.Pending {
+			t.Errorf("device %s owes no push after the newer one was sent", d.id)
+		}
+	}
+	// The newer push's first retry, 5 minutes after its send, once each.
+	h.clock.Advance(5 * time.Minute)
+	for topic, n := range drain(100) {
+		if n != 1 {
+			t.Errorf("%s retried %d times at once, want 1", topic, n)
+		}
+	}
+	before := h.svc.metrics.pushRetries.Load()
+	h.clock.Advance(30 * time.Minute)
+	devs[0].checkIn()
+	if got := drain(100); len(got) != 11 || got[protocol.DownlinkTopic("contoso", devs[0].id)] != 0 {
+		t.Errorf("second retries reached %d devices (the one that checked in: %d), want the 11 others",
+			len(got), got[protocol.DownlinkTopic("contoso", devs[0].id)])
+	}
+	if n := h.svc.metrics.pushRetries.Load() - before; n != 11 {
+		t.Errorf("retries counted %d, want 11", n)
+	}
+	var queued int
+	h.store.View(func(tx *Tx) error { queued = len(tx.duePushes(time.Unix(0, math.MaxInt64), 1000)); return nil })
+	if queued != 11 {
+		t.Errorf("%d entries queued after the second retries, want the 11 third retries: the rest dropped when due", queued)
+	}
+}
+
+// TestPushShown checks that the admin API's device views show the sends
+// and the next one's time, which the queue keeps instead of the record.
+func TestPushShown(t *testing.T) {
+	h := newHarness(t)
+	mustDo(t, h.svc.SetAuthority, ModeOffice365)
+	d := h.mustEnroll(protocol.PlatformWindows, "ada@contoso.example")
+	mustDo(t, h.svc.SetAuthority, ModeIntune)
+	h.svc.DuePushes(10)
+	h.clock.Advance(5 * time.Minute)
+	h.svc.DuePushes(10) // the first retry
+	want := h.clock.Now().Add(PushRetryDelays[1])
+	got, _, err := h.svc.Device(d.id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !got.Push.Pending || got.Push.Attempts != 2 || !got.Push.NextAt.Equal(want) {
+		t.Errorf("Device shows push %+v; want pending, 2 sends, next at %s", got.Push, want)
+	}
+	all, err := h.svc.Devices(nil)
+	if err != nil || len(all) != 1 || all[0].Push.Attempts != 2 || !all[0].Push.NextAt.Equal(want) {
+		t.Errorf("Devices shows %+v, %v; want the same push", all, err)
+	}
+	st, err := h.svc.MigrationStatus()
+	if err != nil || st.PushesQueued != 1 || st.Retried != 1 {
+		t.Errorf("MigrationStatus pushes queued %d, retried %d, %v; want 1 and 1", st.PushesQueued, st.Retried, err)
+	}
+}
+
+// TestLegacyPushEntry checks that a queue entry without a value, as older
+// versions wrote with the sends in the device record, is sent as before.
+func TestLegacyPushEntry(t *testing.T) {
+	h := newHarness(t)
+	mustDo(t, h.svc.SetAuthority, ModeOffice365)
+	d := h.mustEnroll(protocol.PlatformAndroid, "ada@contoso.example")
+	mustDo(t, h.svc.SetAuthority, ModeIntune)
+	now := h.clock.Now()
+	err := h.store.Update(func(tx *Tx) error {
+		for _, e := range tx.duePushes(time.Unix(0, math.MaxInt64), 10) {
+			if err := tx.deletePush(e); err != nil {
+				return err
+			}
+		}
+		rec, err := tx.Device(d.id)
+		if err != nil {
+			return err
+		}
+		rec.Push = PushState{Pending: true, Reason: protocol.PushAuthorityChange, Attempts: 1, NextAt: now}
+		if err := tx.PutDevice(rec); err != nil {
+			return err
+		}
+		return tx.tx.Bucket(bucketPushes).Put(pushKey(now.UnixNano(), d.id), nil)
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err := h.svc.DuePushes(10)
+	if err != nil || len(out) != 1 || h.svc.metrics.pushRetries.Load() != 1 {
+		t.Fatalf("DuePushes = %d, %v, %d retries; want the entry sent as a retry", len(out), err, h.svc.metrics.pushRetries.Load())
+	}
+	got, _, _ := h.svc.Device(d.id)
+	if want := now.Add(PushRetryDelays[1]); got.Push.Attempts != 2 || !got.Push.NextAt.Equal(want) {
+		t.Errorf("push after the legacy entry's send: %+v; want 2 sends, next at %s", got.Push, want)
+	}
+}
+
+// TestPushAgainAtOnce checks that a push queued at the instant an earlier
+// one ended is told from it: the earlier one's retry, left behind, is not
+// sent.
+func TestPushAgainAtOnce(t *testing.T) {
+	h := newHarness(t)
+	mustDo(t, h.svc.SetAuthority, ModeOffice365)
+	d := h.mustEnroll(protocol.PlatformAndroid, "ada@contoso.example")
+	mustDo(t, h.svc.SetAuthority, ModeIntune)
+	if out, _ := h.svc.DuePushes(10); len(out) != 1 {
+		t.Fatalf("first push: %d sent, want 1", len(out))
+	}
+	d.checkIn()
+	mustDo(t, h.svc.SetAuthority, ModeOffice365) // at the same instant
+	h.clock.Advance(PushRetryDelays[0])
+	if out, _ := h.svc.DuePushes(10); len(out) != 1 {
+		t.Errorf("%d pushes sent when the newer push and the earlier one's retry were due; want the newer push alone", len(out))
 	}
 }

@@ -68,8 +68,7 @@ func OpenStore(path string) (*Store, error) {
 	// The freelist is rebuilt at open instead of written at every commit,
 	// as etcd runs bbolt: commits write less, and durability is the same.
 	// The database's statistics (DB.Stats) are never read, and keeping
-	// them costs every transaction a shared lock and counters;
-	// Bucket.Stats, which queuedPushes uses, counts pages itself.
+	// them costs every transaction a shared lock and counters.
 	db, err := bolt.Open(path, 0o600, &bolt.Options{
 		Timeout:        2 * time.Second,
 		NoFreelistSync: true,
@@ -386,11 +385,9 @@ func (tx *Tx) deviceFrom(id string, r *deviceRead) (*Device, error) {
 // PutDevice stores a device record.
 func (tx *Tx) PutDevice(d *Device) error { return tx.put(bucketDevices, []byte(d.ID), d) }
 
-// DeleteDevice removes a device record, its commands and its queued push.
+// DeleteDevice removes a device record and its commands. Its queued push,
+// if any, is left behind, and dropped when it comes due.
 func (tx *Tx) DeleteDevice(d *Device) error {
-	if err := tx.unqueuePush(d); err != nil {
-		return err
-	}
 	c := tx.tx.Bucket(bucketCommands).Cursor()
 	prefix := commandPrefix(d.ID)
 	for k, _ := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, _ = c.Seek(prefix) {
@@ -482,45 +479,170 @@ func (tx *Tx) PutCommand(c *Command) error {
 	return tx.put(bucketCommands, append(commandPrefix(c.Device), c.ID...), c)
 }
 
-func pushKey(at time.Time, device string) []byte {
-	k := binary.BigEndian.AppendUint64(make([]byte, 0, 8+len(device)), uint64(at.UnixNano()))
+// The push queue holds an entry per push owed, keyed by when it is due and
+// the device, so that due pushes are found without reading every device.
+// An entry's value holds the generation of the device's push it belongs
+// to and how often it was sent. An entry stays current while its device
+// is owed the push of that generation; a check-in, a newer push or the
+// device's removal leaves it behind, and it is dropped when it comes due
+// (DuePushes), unsent and uncounted. Leaving it keeps check-ins off the
+// queue, and sends off the device records: with both, a fan-out's commit
+// rewrote the record of every device it pushed.
+
+// pushEntryVersion is the first byte of an entry's value. Entries without
+// a value were queued by versions that kept the sends in the device
+// record (PushState.Attempts and NextAt); they are read as before.
+const pushEntryVersion = 1
+
+// A pushEntry is one entry of the push queue.
+type pushEntry struct {
+	key    []byte
+	at     int64 // due, in Unix nanoseconds
+	device string
+	gen    uint64
+	sends  int
+	legacy bool // no value: the device record has the sends
+}
+
+func pushKey(at int64, device string) []byte {
+	k := binary.BigEndian.AppendUint64(make([]byte, 0, 8+len(device)), uint64(at))
 	return append(k, device...)
 }
 
-// queuePush records that device d is owed a push at d.Push.NextAt. The
-// queue is ordered by time, so due pushes are found without reading every
-// device.
-func (tx *Tx) queuePush(d *Device) error {
-	return tx.tx.Bucket(bucketPushes).Put(pushKey(d.Push.NextAt, d.ID), nil)
-}
-
-// unqueuePush removes the queued push of d, if any.
-func (tx *Tx) unqueuePush(d *Device) error {
-	if !d.Push.Pending {
-		return nil
+// readPushEntry reads a queue entry; false for a key too short to be one.
+func readPushEntry(k, v []byte) (pushEntry, bool) {
+	if len(k) <= 8 {
+		return pushEntry{}, false
 	}
-	return tx.tx.Bucket(bucketPushes).Delete(pushKey(d.Push.NextAt, d.ID))
+	e := pushEntry{key: bytes.Clone(k), at: int64(binary.BigEndian.Uint64(k)), device: string(k[8:])}
+	if len(v) == 0 || v[0] != pushEntryVersion {
+		e.legacy = true
+		return e, true
+	}
+	gen, n := binary.Uvarint(v[1:])
+	sends, m := binary.Uvarint(v[1+max(n, 0):])
+	if n <= 0 || m <= 0 || sends > 1<<16 {
+		e.legacy = true // unreadable: judged by the device record
+		return e, true
+	}
+	e.gen, e.sends = gen, int(sends)
+	return e, true
 }
 
-// duePushes returns the queue keys of up to max pushes due at now.
-func (tx *Tx) duePushes(now time.Time, max int) [][]byte {
-	var keys [][]byte
+// current reports whether e is the push d is owed now, rather than one
+// left behind.
+func (e *pushEntry) current(d *Device) bool {
+	switch {
+	case d == nil || !d.Push.Pending:
+		return false
+	case e.legacy:
+		return d.Push.NextAt.UnixNano() == e.at
+	}
+	return d.Push.Gen == e.gen
+}
+
+// sent is how often e's push was sent: on the entry, or for an entry
+// without a value, on d's record.
+func (e *pushEntry) sent(d *Device) int {
+	if e.legacy {
+		return d.Push.Attempts
+	}
+	return e.sends
+}
+
+// queuePush queues the push d is owed (its generation d.Push.Gen), due at
+// at and sent sends times so far.
+func (tx *Tx) queuePush(d *Device, at time.Time, sends int) error {
+	v := binary.AppendUvarint([]byte{pushEntryVersion}, d.Push.Gen)
+	v = binary.AppendUvarint(v, uint64(sends))
+	return tx.tx.Bucket(bucketPushes).Put(pushKey(at.UnixNano(), d.ID), v)
+}
+
+// duePushes returns up to max queue entries due at now, current or not,
+// oldest first.
+func (tx *Tx) duePushes(now time.Time, max int) []pushEntry {
+	var es []pushEntry
 	c := tx.tx.Bucket(bucketPushes).Cursor()
-	limit := uint64(now.UnixNano())
-	for k, _ := c.First(); k != nil && len(keys) < max; k, _ = c.Next() {
-		if len(k) < 8 || binary.BigEndian.Uint64(k) > limit {
+	limit := now.UnixNano()
+	for k, v := c.First(); k != nil && len(es) < max; k, v = c.Next() {
+		e, ok := readPushEntry(k, v)
+		if !ok {
+			continue // not an entry; nothing writes one
+		}
+		if e.at > limit {
 			break
 		}
-		keys = append(keys, bytes.Clone(k))
+		es = append(es, e)
 	}
-	return keys
+	return es
 }
 
-// deletePushKey removes one queue entry by its key.
-func (tx *Tx) deletePushKey(key []byte) error { return tx.tx.Bucket(bucketPushes).Delete(key) }
+// readDuePushes reads into read, by device id, the records of the devices
+// of due queue entries, and decodes them on every core: in rounds, until
+// it has read max entries that are current, or every due one. It reports
+// whether any entry is due.
+func (tx *Tx) readDuePushes(now time.Time, max int, read map[string]*deviceRead) bool {
+	c := tx.tx.Bucket(bucketPushes).Cursor()
+	limit := now.UnixNano()
+	k, v := c.First()
+	scanned, current := 0, 0
+	for current < max {
+		var round []pushEntry
+		var reads []*deviceRead
+		for ; k != nil && len(round) < max-current; k, v = c.Next() {
+			e, ok := readPushEntry(k, v)
+			if !ok {
+				continue
+			}
+			if e.at > limit {
+				k = nil
+				break
+			}
+			scanned++
+			round = append(round, e)
+			if _, seen := read[e.device]; !seen {
+				if r := tx.readDevice(e.device); r != nil {
+					read[e.device] = r
+					reads = append(reads, r)
+				}
+			}
+		}
+		if len(round) == 0 {
+			break
+		}
+		decodeReads(reads)
+		for i := range round {
+			if r := read[round[i].device]; r != nil && round[i].current(r.d) {
+				current++
+			}
+		}
+	}
+	return scanned > 0
+}
 
-// pushKeyDevice returns the device id of a queue key.
-func pushKeyDevice(key []byte) string { return string(key[8:]) }
+// deletePush removes an entry from the queue.
+func (tx *Tx) deletePush(e pushEntry) error { return tx.tx.Bucket(bucketPushes).Delete(e.key) }
 
-// queuedPushes returns how many pushes are queued, due or not.
-func (tx *Tx) queuedPushes() int { return tx.tx.Bucket(bucketPushes).Stats().KeyN }
+// pushesOf returns the queue's entries by device: of the device with id
+// only, or of every device when id is empty.
+func (tx *Tx) pushesOf(id string) map[string][]pushEntry {
+	out := map[string][]pushEntry{}
+	_ = tx.tx.Bucket(bucketPushes).ForEach(func(k, v []byte) error {
+		if e, ok := readPushEntry(k, v); ok && (id == "" || e.device == id) {
+			out[e.device] = append(out[e.device], e)
+		}
+		return nil
+	})
+	return out
+}
+
+// showPush sets d.Push's Attempts and NextAt, which the device record
+// does not keep up, from its current queue entry among es.
+func showPush(d *Device, es []pushEntry) {
+	for i := range es {
+		if es[i].current(d) {
+			d.Push.Attempts, d.Push.NextAt = es[i].sent(d), time.Unix(0, es[i].at).UTC()
+			return
+		}
+	}
+}
