@@ -315,10 +315,7 @@ func TestFanOutRate(t *testing.T) {
 	h := newHarness(t)
 	b, _ := newTestBroker(t, h, false)
 	mustDo(t, h.svc.SetAuthority, ModeOffice365)
-	var devs []*testDevice
-	for range 25 {
-		devs = append(devs, h.mustEnroll(protocol.PlatformAndroid, "ada@contoso.example"))
-	}
+	devs := h.mustEnrollN(25)
 	c, msgs := pahoClient(t, h, b, devs[0].id)
 	subscribe(t, c, protocol.DownlinkTopic("contoso", devs[0].id))
 	mustDo(t, h.svc.SetAuthority, ModeIntune)

@@ -175,6 +175,16 @@ func (h *harness) mustEnroll(p protocol.Platform, user string) *testDevice {
 	return d
 }
 
+// mustEnrollN enrolls n Android devices of ada@contoso.example.
+func (h *harness) mustEnrollN(n int) []*testDevice {
+	h.t.Helper()
+	var devs []*testDevice
+	for range n {
+		devs = append(devs, h.mustEnroll(protocol.PlatformAndroid, "ada@contoso.example"))
+	}
+	return devs
+}
+
 // checkIn checks in like the agent: reports its profiles and applies the
 // desired set, keeping old-authority profiles without a successor.
 func (d *testDevice) checkIn() *protocol.CheckInResponse {
@@ -613,10 +623,7 @@ func mustMarshal(t *testing.T, v any) []byte {
 func TestRestartMidFanOut(t *testing.T) {
 	h := newHarness(t)
 	mustDo(t, h.svc.SetAuthority, ModeOffice365)
-	var devs []*testDevice
-	for range 10 {
-		devs = append(devs, h.mustEnroll(protocol.PlatformAndroid, "ada@contoso.example"))
-	}
+	devs := h.mustEnrollN(10)
 	mustDo(t, h.svc.SetAuthority, ModeIntune)
 	first, err := h.svc.DuePushes(4)
 	if err != nil || len(first) != 4 {
@@ -659,10 +666,7 @@ func TestRestartMidFanOut(t *testing.T) {
 func TestPushesLeftBehind(t *testing.T) {
 	h := newHarness(t)
 	mustDo(t, h.svc.SetAuthority, ModeOffice365)
-	var devs []*testDevice
-	for range 12 {
-		devs = append(devs, h.mustEnroll(protocol.PlatformAndroid, "ada@contoso.example"))
-	}
+	devs := h.mustEnrollN(12)
 	drain := func(max int) map[string]int {
 		t.Helper()
 		pushed := map[string]int{}
