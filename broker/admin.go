@@ -317,10 +317,15 @@ func (s *Service) RepushPending() (int, error) {
 	n := 0
 	err := s.store.Update(func(tx *Tx) error {
 		n = 0
-		for _, e := range tx.duePushes(time.Unix(0, math.MaxInt64), math.MaxInt) {
+		// Every entry goes first, then the current ones come back: an
+		// entry put back at now must not be deleted as a later one's key.
+		es := tx.duePushes(time.Unix(0, math.MaxInt64), math.MaxInt)
+		for _, e := range es {
 			if err := tx.deletePush(e); err != nil {
 				return err
 			}
+		}
+		for _, e := range es {
 			d, err := tx.Device(e.device)
 			if errors.Is(err, ErrNotFound) {
 				continue

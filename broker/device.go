@@ -52,9 +52,11 @@ func (s *DeviceState) UnmarshalText(b []byte) error {
 // PushState tracks the check-in request the service owes a device: it is
 // sent, then retried (PushRetryDelays) until the device checks in.
 //
-// The push queue keeps the sends and the next one's time; Attempts and
-// NextAt are filled from it where the admin API shows a device, and kept
-// in the record only by older versions (see pushEntry).
+// The push queue keeps the sends and the next one's time (see pushEntry).
+// In the record, NextAt is when the push was queued and Attempts stays 0;
+// the admin API's device views fill both from the queue. Older versions
+// kept both up to date in the record, and their queue entries are read
+// by them.
 type PushState struct {
 	Pending  bool                `json:"pending"`
 	Reason   protocol.PushReason `json:"reason"`

@@ -289,7 +289,10 @@ func (s *Service) schedulePush(tx *Tx, d *Device, reason protocol.PushReason, no
 // messages to publish. Each is requeued for its next retry, or dropped after
 // the last, before it is returned: a push lost in a crash is retried.
 // Queue entries left behind (see pushEntry) are dropped on the way and do
-// not count: each is read once, when it comes due.
+// not count: each is read once, when it comes due. A change that pushes a
+// fleet again before its last push was sent leaves an entry per device
+// due first; the next call drops them all in its one transaction, as the
+// change's own transaction deleted them before entries were left behind.
 func (s *Service) DuePushes(max int) ([]Outgoing, error) {
 	now := s.opts.Clock.Now()
 	t := s.Tenant()
@@ -349,8 +352,14 @@ func (s *Service) DuePushes(max int) ([]Outgoing, error) {
 				}
 				if sent < len(PushRetryDelays) {
 					// The device record does not change: the entry keeps
-					// the sends and the next one's time.
-					if err := tx.queuePush(d, now.Add(PushRetryDelays[sent]), sent+1); err != nil {
+					// the sends and the next one's time, after now even
+					// if a delay is not, so that this call does not
+					// read it again.
+					delay := PushRetryDelays[sent]
+					if delay <= 0 {
+						delay = time.Nanosecond
+					}
+					if err := tx.queuePush(d, now.Add(delay), sent+1); err != nil {
 						return err
 					}
 					continue

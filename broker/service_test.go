@@ -815,3 +815,66 @@ func TestPushAgainAtOnce(t *testing.T) {
 		t.Errorf("%d pushes sent when the newer push and the earlier one's retry were due; want the newer push alone", len(out))
 	}
 }
+
+// TestRepushLeftBehind checks RepushPending when a device's current push
+// and an entry it left behind are both queued, the latter due at the
+// instant of the restart: the current push is made due, once.
+func TestRepushLeftBehind(t *testing.T) {
+	h := newHarness(t)
+	mustDo(t, h.svc.SetAuthority, ModeOffice365)
+	d := h.mustEnroll(protocol.PlatformAndroid, "ada@contoso.example")
+	gone := h.mustEnroll(protocol.PlatformAndroid, "ada@contoso.example")
+	mustDo(t, h.svc.SetAuthority, ModeIntune)
+	if out, _ := h.svc.DuePushes(10); len(out) != 2 {
+		t.Fatalf("first pushes: %d sent, want 2", len(out))
+	}
+	d.checkIn()
+	if err := h.svc.RemoveDevice(gone.id); err != nil { // its retry is left behind
+		t.Fatal(err)
+	}
+	h.clock.Advance(time.Minute)
+	mustDo(t, h.svc.SetAuthority, ModeOffice365) // queued, not sent
+	h.clock.Advance(PushRetryDelays[0] - time.Minute)
+	if n, err := h.svc.RepushPending(); n != 1 || err != nil {
+		t.Fatalf("RepushPending = %d, %v; want 1", n, err)
+	}
+	out, err := h.svc.DuePushes(10)
+	if err != nil || len(out) != 1 || out[0].Topic != protocol.DownlinkTopic("contoso", d.id) {
+		t.Fatalf("DuePushes after RepushPending = %+v, %v; want the newer push to %s", out, err, d.id)
+	}
+	var queued []pushEntry
+	h.store.View(func(tx *Tx) error { queued = tx.duePushes(time.Unix(0, math.MaxInt64), 10); return nil })
+	if len(queued) != 1 || queued[0].device != d.id || queued[0].sends != 1 {
+		t.Errorf("queue after the send: %+v; want the newer push's retry alone", queued)
+	}
+}
+
+// TestLegacyPushLeftBehind checks that an entry of an older version is
+// left behind by a newer push: the newer one is sent, the old retry not.
+func TestLegacyPushLeftBehind(t *testing.T) {
+	h := newHarness(t)
+	mustDo(t, h.svc.SetAuthority, ModeOffice365)
+	d := h.mustEnroll(protocol.PlatformAndroid, "ada@contoso.example")
+	retryAt := h.clock.Now().Add(PushRetryDelays[0])
+	err := h.store.Update(func(tx *Tx) error {
+		rec, err := tx.Device(d.id)
+		if err != nil {
+			return err
+		}
+		rec.Push = PushState{Pending: true, Reason: protocol.PushAuthorityChange, Attempts: 1, NextAt: retryAt}
+		if err := tx.PutDevice(rec); err != nil {
+			return err
+		}
+		return tx.tx.Bucket(bucketPushes).Put(pushKey(retryAt.UnixNano(), d.id), nil)
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	h.clock.Advance(time.Minute)
+	mustDo(t, h.svc.SetAuthority, ModeIntune)
+	h.clock.Advance(PushRetryDelays[0])
+	out, err := h.svc.DuePushes(10)
+	if err != nil || len(out) != 1 || h.svc.metrics.pushRetries.Load() != 0 {
+		t.Errorf("DuePushes = %d, %v, %d retries; want the newer push alone, a first send", len(out), err, h.svc.metrics.pushRetries.Load())
+	}
+}

@@ -536,7 +536,8 @@ func (e *pushEntry) current(d *Device) bool {
 	case d == nil || !d.Push.Pending:
 		return false
 	case e.legacy:
-		return d.Push.NextAt.UnixNano() == e.at
+		// Written before generations: by a record of that time too.
+		return d.Push.Gen == 0 && d.Push.NextAt.UnixNano() == e.at
 	}
 	return d.Push.Gen == e.gen
 }
