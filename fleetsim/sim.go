@@ -420,6 +420,7 @@ type runtimeSample struct {
 	gcs   uint64
 }
 
+// sampleRuntime takes a runtimeSample now.
 func sampleRuntime() runtimeSample {
 	m := []metrics.Sample{{Name: "/gc/cycles/total:gc-cycles"}}
 	metrics.Read(m)
