@@ -29,7 +29,9 @@ type realClock struct{}
 func (realClock) Now() time.Time { return time.Now() }
 
 // PushRetryDelays are the waits before the retries of a push a device did
-// not answer with a check-in: three more tries, spaced out.
+// not answer with a check-in: three more tries, spaced out. Each must be
+// positive: a retry due at once would be sent again by the same
+// DuePushes call.
 var PushRetryDelays = []time.Duration{5 * time.Minute, 30 * time.Minute, 2 * time.Hour}
 
 // Options configure a Service. Zero values take the defaults.
@@ -294,6 +296,9 @@ func (s *Service) schedulePush(tx *Tx, d *Device, reason protocol.PushReason, no
 // due first; the next call drops them all in its one transaction, as the
 // change's own transaction deleted them before entries were left behind.
 func (s *Service) DuePushes(max int) ([]Outgoing, error) {
+	if max <= 0 {
+		return nil, nil
+	}
 	now := s.opts.Clock.Now()
 	t := s.Tenant()
 	// The due devices' records are read here and decoded on every core;
@@ -310,64 +315,34 @@ func (s *Service) DuePushes(max int) ([]Outgoing, error) {
 	retries := 0
 	err := s.store.Update(func(tx *Tx) error {
 		out, retries = out[:0], 0
-		// Every entry read is deleted (and requeued later, if sent), so
-		// each round reads on from the first one not yet handled.
-		for taken := 0; taken < max; {
-			es := tx.duePushes(now, max-taken)
-			if len(es) == 0 {
-				break
+		taken := 0
+		for e, err := range tx.takeDue(now, max) {
+			if err != nil {
+				return err
 			}
-			for _, e := range es {
-				if err := tx.deletePush(e); err != nil {
-					return err
-				}
-				d, err := tx.deviceFrom(e.device, read[e.device])
-				if errors.Is(err, ErrNotFound) {
-					continue // a device removed since: left behind
-				} else if err != nil {
-					return err
-				}
-				if !e.current(d) {
-					continue // it checked in or was pushed again since
-				}
-				taken++
-				sent := e.sent(d)
-				target, _ := d.target(&t)
-				if !d.Managed() || (d.Platform.NeedsAPNs() && !t.HasAPNs(target)) {
-					// Not managed, or no push can reach it: the APNs upload
-					// pushes iOS and iPadOS devices when it can.
-					d.Push.clear()
-					if err := tx.PutDevice(d); err != nil {
-						return err
-					}
-					continue
-				}
-				msg, err := s.encode(d.ID, protocol.MessageID{}, &protocol.Push{Epoch: t.Epoch, Reason: d.Push.Reason})
-				if err != nil {
-					return err
-				}
-				out = append(out, Outgoing{Topic: protocol.DownlinkTopic(s.opts.Tenant, d.ID), QoS: 0, Payload: msg})
+			d, err := tx.deviceFrom(e.device, read[e.device])
+			if errors.Is(err, ErrNotFound) {
+				continue // a device removed since: left behind
+			} else if err != nil {
+				return err
+			}
+			if !e.current(d) {
+				continue // it checked in or was pushed again since
+			}
+			taken++
+			sent := e.sent(d)
+			o, err := s.takePush(tx, &t, d, sent, now)
+			if err != nil {
+				return err
+			}
+			if o != nil {
+				out = append(out, *o)
 				if sent > 0 {
 					retries++
 				}
-				if sent < len(PushRetryDelays) {
-					// The device record does not change: the entry keeps
-					// the sends and the next one's time, after now even
-					// if a delay is not, so that this call does not
-					// read it again.
-					delay := PushRetryDelays[sent]
-					if delay <= 0 {
-						delay = time.Nanosecond
-					}
-					if err := tx.queuePush(d, now.Add(delay), sent+1); err != nil {
-						return err
-					}
-					continue
-				}
-				d.Push.clear()
-				if err := tx.PutDevice(d); err != nil {
-					return err
-				}
+			}
+			if taken == max {
+				break // not before: takeDue has deleted the entry it yields
 			}
 		}
 		return nil
@@ -377,6 +352,29 @@ func (s *Service) DuePushes(max int) ([]Outgoing, error) {
 		s.metrics.pushRetries.Add(uint64(retries))
 	}
 	return out, err
+}
+
+// takePush sends the push d is owed, sent sent times before, and queues
+// its next retry (the device record does not change: the queue entry
+// keeps the sends and the retry's time), or ends it after the last retry.
+// It returns nil instead of a push when d is not managed or no push can
+// reach it: the APNs upload pushes iOS and iPadOS devices when it can.
+func (s *Service) takePush(tx *Tx, t *Tenant, d *Device, sent int, now time.Time) (*Outgoing, error) {
+	target, _ := d.target(t)
+	if !d.Managed() || (d.Platform.NeedsAPNs() && !t.HasAPNs(target)) {
+		d.Push.clear()
+		return nil, tx.PutDevice(d)
+	}
+	msg, err := s.encode(d.ID, protocol.MessageID{}, &protocol.Push{Epoch: t.Epoch, Reason: d.Push.Reason})
+	if err != nil {
+		return nil, err
+	}
+	o := &Outgoing{Topic: protocol.DownlinkTopic(s.opts.Tenant, d.ID), QoS: 0, Payload: msg}
+	if sent < len(PushRetryDelays) {
+		return o, tx.queuePush(d, now.Add(PushRetryDelays[sent]), sent+1)
+	}
+	d.Push.clear()
+	return o, tx.PutDevice(d)
 }
 
 // encode builds one outgoing message with a fresh id.

@@ -768,25 +768,7 @@ func TestLegacyPushEntry(t *testing.T) {
 	d := h.mustEnroll(protocol.PlatformAndroid, "ada@contoso.example")
 	mustDo(t, h.svc.SetAuthority, ModeIntune)
 	now := h.clock.Now()
-	err := h.store.Update(func(tx *Tx) error {
-		for _, e := range tx.duePushes(time.Unix(0, math.MaxInt64), 10) {
-			if err := tx.deletePush(e); err != nil {
-				return err
-			}
-		}
-		rec, err := tx.Device(d.id)
-		if err != nil {
-			return err
-		}
-		rec.Push = PushState{Pending: true, Reason: protocol.PushAuthorityChange, Attempts: 1, NextAt: now}
-		if err := tx.PutDevice(rec); err != nil {
-			return err
-		}
-		return tx.tx.Bucket(bucketPushes).Put(pushKey(now.UnixNano(), d.id), nil)
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
+	h.putLegacyPush(d.id, now)
 	out, err := h.svc.DuePushes(10)
 	if err != nil || len(out) != 1 || h.svc.metrics.pushRetries.Load() != 1 {
 		t.Fatalf("DuePushes = %d, %v, %d retries; want the entry sent as a retry", len(out), err, h.svc.metrics.pushRetries.Load())
@@ -856,25 +838,38 @@ func TestLegacyPushLeftBehind(t *testing.T) {
 	mustDo(t, h.svc.SetAuthority, ModeOffice365)
 	d := h.mustEnroll(protocol.PlatformAndroid, "ada@contoso.example")
 	retryAt := h.clock.Now().Add(PushRetryDelays[0])
-	err := h.store.Update(func(tx *Tx) error {
-		rec, err := tx.Device(d.id)
-		if err != nil {
-			return err
-		}
-		rec.Push = PushState{Pending: true, Reason: protocol.PushAuthorityChange, Attempts: 1, NextAt: retryAt}
-		if err := tx.PutDevice(rec); err != nil {
-			return err
-		}
-		return tx.tx.Bucket(bucketPushes).Put(pushKey(retryAt.UnixNano(), d.id), nil)
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
+	h.putLegacyPush(d.id, retryAt)
 	h.clock.Advance(time.Minute)
 	mustDo(t, h.svc.SetAuthority, ModeIntune)
 	h.clock.Advance(PushRetryDelays[0])
 	out, err := h.svc.DuePushes(10)
 	if err != nil || len(out) != 1 || h.svc.metrics.pushRetries.Load() != 0 {
 		t.Errorf("DuePushes = %d, %v, %d retries; want the newer push alone, a first send", len(out), err, h.svc.metrics.pushRetries.Load())
+	}
+}
+
+// putLegacyPush queues device id's push as older versions did, in place of
+// any queued: sent once, due at at, the sends and the time in the record,
+// the entry without a value.
+func (h *harness) putLegacyPush(id string, at time.Time) {
+	h.t.Helper()
+	err := h.store.Update(func(tx *Tx) error {
+		for _, e := range tx.duePushes(time.Unix(0, math.MaxInt64), math.MaxInt) {
+			if err := tx.deletePush(e); err != nil {
+				return err
+			}
+		}
+		rec, err := tx.Device(id)
+		if err != nil {
+			return err
+		}
+		rec.Push = PushState{Pending: true, Reason: protocol.PushAuthorityChange, Attempts: 1, NextAt: at}
+		if err := tx.PutDevice(rec); err != nil {
+			return err
+		}
+		return tx.tx.Bucket(bucketPushes).Put(pushKey(at.UnixNano(), id), nil)
+	})
+	if err != nil {
+		h.t.Fatal(err)
 	}
 }

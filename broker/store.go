@@ -5,6 +5,8 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"iter"
+	"math"
 	"runtime"
 	"sync"
 	"time"
@@ -559,23 +561,59 @@ func (tx *Tx) queuePush(d *Device, at time.Time, sends int) error {
 	return tx.tx.Bucket(bucketPushes).Put(pushKey(at.UnixNano(), d.ID), v)
 }
 
+// due yields the queue entries due at now, current or not, oldest first.
+func (tx *Tx) due(now time.Time) iter.Seq[pushEntry] {
+	return func(yield func(pushEntry) bool) {
+		c := tx.tx.Bucket(bucketPushes).Cursor()
+		limit := now.UnixNano()
+		for k, v := c.First(); k != nil; k, v = c.Next() {
+			e, ok := readPushEntry(k, v)
+			if !ok {
+				continue // not an entry; nothing writes one
+			}
+			if e.at > limit || !yield(e) {
+				return
+			}
+		}
+	}
+}
+
 // duePushes returns up to max queue entries due at now, current or not,
 // oldest first.
 func (tx *Tx) duePushes(now time.Time, max int) []pushEntry {
 	var es []pushEntry
-	c := tx.tx.Bucket(bucketPushes).Cursor()
-	limit := now.UnixNano()
-	for k, v := c.First(); k != nil && len(es) < max; k, v = c.Next() {
-		e, ok := readPushEntry(k, v)
-		if !ok {
-			continue // not an entry; nothing writes one
-		}
-		if e.at > limit {
+	if max <= 0 {
+		return nil
+	}
+	for e := range tx.due(now) {
+		if es = append(es, e); len(es) == max {
 			break
 		}
-		es = append(es, e)
 	}
 	return es
+}
+
+// takeDue yields the queue entries due at now, oldest first, each deleted
+// from the queue before it is yielded, reading batch at a time: an entry
+// the caller puts back later than now is not yielded again.
+func (tx *Tx) takeDue(now time.Time, batch int) iter.Seq2[pushEntry, error] {
+	return func(yield func(pushEntry, error) bool) {
+		for {
+			es := tx.duePushes(now, batch)
+			if len(es) == 0 {
+				return
+			}
+			for _, e := range es {
+				if err := tx.deletePush(e); err != nil {
+					yield(e, err)
+					return
+				}
+				if !yield(e, nil) {
+					return
+				}
+			}
+		}
+	}
 }
 
 // readDuePushes reads into read, by device id, the records of the devices
@@ -583,42 +621,36 @@ func (tx *Tx) duePushes(now time.Time, max int) []pushEntry {
 // it has read max entries that are current, or every due one. It reports
 // whether any entry is due.
 func (tx *Tx) readDuePushes(now time.Time, max int, read map[string]*deviceRead) bool {
-	c := tx.tx.Bucket(bucketPushes).Cursor()
-	limit := now.UnixNano()
-	k, v := c.First()
-	scanned, current := 0, 0
-	for current < max {
-		var round []pushEntry
-		var reads []*deviceRead
-		for ; k != nil && len(round) < max-current; k, v = c.Next() {
-			e, ok := readPushEntry(k, v)
-			if !ok {
-				continue
-			}
-			if e.at > limit {
-				k = nil
-				break
-			}
-			scanned++
-			round = append(round, e)
-			if _, seen := read[e.device]; !seen {
-				if r := tx.readDevice(e.device); r != nil {
-					read[e.device] = r
-					reads = append(reads, r)
-				}
-			}
-		}
-		if len(round) == 0 {
-			break
-		}
+	due, current := false, 0
+	var round []pushEntry
+	var reads []*deviceRead
+	decode := func() {
 		decodeReads(reads)
 		for i := range round {
 			if r := read[round[i].device]; r != nil && round[i].current(r.d) {
 				current++
 			}
 		}
+		round, reads = round[:0], reads[:0]
 	}
-	return scanned > 0
+	for e := range tx.due(now) {
+		due = true
+		round = append(round, e)
+		if _, seen := read[e.device]; !seen {
+			if r := tx.readDevice(e.device); r != nil {
+				read[e.device] = r
+				reads = append(reads, r)
+			}
+		}
+		if len(round) < max-current {
+			continue
+		}
+		if decode(); current >= max {
+			return true
+		}
+	}
+	decode()
+	return due
 }
 
 // deletePush removes an entry from the queue.
@@ -628,12 +660,11 @@ func (tx *Tx) deletePush(e pushEntry) error { return tx.tx.Bucket(bucketPushes).
 // only, or of every device when id is empty.
 func (tx *Tx) pushesOf(id string) map[string][]pushEntry {
 	out := map[string][]pushEntry{}
-	_ = tx.tx.Bucket(bucketPushes).ForEach(func(k, v []byte) error {
-		if e, ok := readPushEntry(k, v); ok && (id == "" || e.device == id) {
+	for e := range tx.due(time.Unix(0, math.MaxInt64)) {
+		if id == "" || e.device == id {
 			out[e.device] = append(out[e.device], e)
 		}
-		return nil
-	})
+	}
 	return out
 }
 
