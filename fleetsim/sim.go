@@ -134,7 +134,7 @@ var virtualStart = time.Date(2026, 3, 2, 9, 0, 0, 0, time.UTC)
 type simDevice struct {
 	idx    int
 	spec   deviceSpec
-	key    *ecdsa.PrivateKey // the device key, for TLS
+	key    *ecdsa.PrivateKey // the device key, for TLS; nil in process
 	core   *agent.Core
 	client *mqttConn
 	online bool
@@ -757,6 +757,12 @@ func (s *sim) newDevice(idx int, spec deviceSpec, name string, canary bool) (*si
 	st, key, err := s.enroll(spec, name, r)
 	if err != nil {
 		return nil, err
+	}
+	if s.ext == nil {
+		// In process, devices connect with their connect tokens: the key
+		// would be garbage the collector walks at every collection (with
+		// the cryptography's cache of it, about ten objects a device).
+		key = nil
 	}
 	d := &simDevice{idx: idx, spec: spec, key: key, canary: canary}
 	d.core = agent.New(st, agent.Config{Rand: r, Facts: agent.Facts{OSVersion: osVersion(spec.platform), Passcode: true, Encrypted: true}})
