@@ -81,6 +81,7 @@ type Service struct {
 
 	metrics  metrics
 	enrolled recentEnrollments
+	answered answeredPushes
 
 	// disconnect, set by the broker serving the service, ends a device's
 	// MQTT session.
@@ -306,7 +307,7 @@ func (s *Service) DuePushes(max int) ([]Outgoing, error) {
 	read := map[string]*deviceRead{}
 	var due bool
 	if err := s.store.View(func(tx *Tx) error {
-		due = tx.readDuePushes(now, max, read)
+		due = tx.readDuePushes(now, max, &s.answered, read)
 		return nil
 	}); err != nil || !due {
 		return nil, err // nothing due: no write transaction
@@ -319,6 +320,10 @@ func (s *Service) DuePushes(max int) ([]Outgoing, error) {
 		for e, err := range tx.takeDue(now, max) {
 			if err != nil {
 				return err
+			}
+			if s.answered.stale(&e) {
+				s.answered.dropped(&e)
+				continue // answered: left behind
 			}
 			d, err := tx.deviceFrom(e.device, read[e.device])
 			if errors.Is(err, ErrNotFound) {
@@ -565,8 +570,9 @@ func (s *Service) checkIn(id string, env *protocol.Envelope, m *protocol.CheckIn
 	var resp *protocol.CheckInResponse
 	var renewCSR []byte
 	var replay error
+	var answered uint64 // the generation of the push the check-in answers
 	err = s.store.Batch(func(tx *Tx) error {
-		renewCSR, replay = nil, nil
+		renewCSR, replay, answered = nil, nil, 0
 		d, err := tx.deviceFrom(id, read)
 		if errors.Is(err, ErrNotFound) {
 			resp = refuseCheckIn(protocol.CodeNotEnrolled)
@@ -588,9 +594,13 @@ func (s *Service) checkIn(id string, env *protocol.Envelope, m *protocol.CheckIn
 		d.LastMessage, d.LastMessageSent = env.ID, env.Sent.Time()
 		// A push it was owed, if it checks in, is left in the queue
 		// (see pushEntry); if it is refused, it is still owed.
+		owed := d.Push
 		if code := d.checkIn(&t, m, now); code != protocol.CodeNone {
 			resp = refuseCheckIn(code)
 			return tx.PutDevice(d)
+		}
+		if owed.Pending {
+			answered = owed.Gen
 		}
 		resp = &protocol.CheckInResponse{
 			Authority: d.Authority, Epoch: t.Epoch, ChangedAt: protocol.At(t.ChangedAt()),
@@ -621,6 +631,7 @@ func (s *Service) checkIn(id string, env *protocol.Envelope, m *protocol.CheckIn
 	if err != nil {
 		return nil, fmt.Errorf("check-in of %s: %w", id, err)
 	}
+	s.answered.add(id, answered)
 	if replay != nil {
 		return resp, fmt.Errorf("check-in of %s: %w", id, replay)
 	}

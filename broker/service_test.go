@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/mdm-authority/mdm/protocol"
+	bolt "go.etcd.io/bbolt"
 )
 
 // fakeClock is a clock the test moves by hand.
@@ -729,6 +730,63 @@ func TestPushesLeftBehind(t *testing.T) {
 	h.store.View(func(tx *Tx) error { queued = len(tx.duePushes(time.Unix(0, math.MaxInt64), 1000)); return nil })
 	if queued != 11 {
 		t.Errorf("%d entries queued after the second retries, want the 11 third retries: the rest dropped when due", queued)
+	}
+}
+
+// TestAnsweredPushUnread checks that the fan-out drops the entry of a
+// push its device answered without reading the device's record, and that
+// after a restart, which forgets the answers, the record tells it the same.
+func TestAnsweredPushUnread(t *testing.T) {
+	h := newHarness(t)
+	mustDo(t, h.svc.SetAuthority, ModeOffice365)
+	devs := h.mustEnrollN(4)
+	mustDo(t, h.svc.SetAuthority, ModeIntune)
+	if out, err := h.svc.DuePushes(10); err != nil || len(out) != 4 {
+		t.Fatalf("DuePushes = %d, %v; want the 4 first sends", len(out), err)
+	}
+	for _, d := range devs[:2] {
+		d.checkIn()
+	}
+	// A record that cannot be decoded fails any read of it: the fan-out
+	// must not need it.
+	garble := func(id string) {
+		t.Helper()
+		err := h.store.db.Update(func(tx *bolt.Tx) error {
+			return tx.Bucket(bucketDevices).Put([]byte(id), []byte{0xff})
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	garble(devs[0].id)
+	h.clock.Advance(PushRetryDelays[0])
+	out, err := h.svc.DuePushes(10)
+	if err != nil {
+		t.Fatalf("DuePushes read the record of a device that answered: %v", err)
+	}
+	var got []string
+	for _, o := range out {
+		got = append(got, o.Topic)
+	}
+	slices.Sort(got)
+	want := []string{protocol.DownlinkTopic("contoso", devs[2].id), protocol.DownlinkTopic("contoso", devs[3].id)}
+	slices.Sort(want)
+	if !slices.Equal(got, want) {
+		t.Errorf("retries went to %v; want %v, the devices that did not answer", got, want)
+	}
+	// After a restart the answers are forgotten: the records tell.
+	devs[2].checkIn()
+	h.store.Close()
+	h.open()
+	h.clock.Advance(PushRetryDelays[1])
+	out, err = h.svc.DuePushes(10)
+	if err != nil || len(out) != 1 || out[0].Topic != protocol.DownlinkTopic("contoso", devs[3].id) {
+		t.Errorf("after a restart, DuePushes = %v, %v; want the second retry of %s alone", out, err, devs[3].id)
+	}
+	garble(devs[3].id)
+	h.clock.Advance(PushRetryDelays[2])
+	if _, err := h.svc.DuePushes(10); err == nil {
+		t.Error("DuePushes read a garbled record without failing: the check above proves nothing")
 	}
 }
 

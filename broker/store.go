@@ -618,9 +618,10 @@ func (tx *Tx) takeDue(now time.Time, batch int) iter.Seq2[pushEntry, error] {
 
 // readDuePushes reads into read, by device id, the records of the devices
 // of due queue entries, and decodes them on every core: in rounds, until
-// it has read max entries that are current, or every due one. It reports
-// whether any entry is due.
-func (tx *Tx) readDuePushes(now time.Time, max int, read map[string]*deviceRead) bool {
+// it has read max entries that are current, or every due one. Entries
+// answered knows to be stale are passed over unread. It reports whether
+// any entry is due.
+func (tx *Tx) readDuePushes(now time.Time, max int, answered *answeredPushes, read map[string]*deviceRead) bool {
 	due, current := false, 0
 	var round []pushEntry
 	var reads []*deviceRead
@@ -635,6 +636,9 @@ func (tx *Tx) readDuePushes(now time.Time, max int, read map[string]*deviceRead)
 	}
 	for e := range tx.due(now) {
 		due = true
+		if answered.stale(&e) {
+			continue
+		}
 		round = append(round, e)
 		if _, seen := read[e.device]; !seen {
 			if r := tx.readDevice(e.device); r != nil {
@@ -651,6 +655,64 @@ func (tx *Tx) readDuePushes(now time.Time, max int, read map[string]*deviceRead)
 	}
 	decode()
 	return due
+}
+
+// answeredPushes remembers, by device, the generation of the last push
+// the device answered with a check-in, from the check-in's commit until
+// the fan-out meets that push's queue entry: the fan-out then drops the
+// entry, left behind, without reading and decoding the device's record.
+// After a migration's first pass, such entries are most of what comes due
+// when the first retries do. A device's generations only grow
+// (PushState.owe), so an entry of the answered generation, or of an older
+// one, is not current. Only a committed check-in adds to it; it starts
+// empty, and an entry it does not know is judged by the device record, as
+// always. It holds at most one generation a device.
+type answeredPushes struct {
+	mu  sync.Mutex
+	gen map[string]uint64
+}
+
+// add records that device answered its push of generation gen; a
+// generation of 0 (a record from before generations) is not recorded.
+func (a *answeredPushes) add(device string, gen uint64) {
+	if gen == 0 {
+		return
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.gen == nil {
+		a.gen = map[string]uint64{}
+	}
+	a.gen[device] = max(a.gen[device], gen)
+}
+
+// stale reports whether e belongs to a push its device has answered, or
+// to an older one.
+func (a *answeredPushes) stale(e *pushEntry) bool {
+	if e.legacy {
+		return false
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	gen, ok := a.gen[e.device]
+	return ok && e.gen <= gen
+}
+
+// dropped forgets the device of e once e, the answered push's own entry,
+// has left the queue.
+func (a *answeredPushes) dropped(e *pushEntry) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if gen, ok := a.gen[e.device]; ok && gen == e.gen {
+		delete(a.gen, e.device)
+	}
+}
+
+// reset forgets every device, when the queue is rebuilt.
+func (a *answeredPushes) reset() {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.gen = nil
 }
 
 // deletePush removes an entry from the queue.
