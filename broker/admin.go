@@ -319,7 +319,7 @@ func (s *Service) RepushPending() (int, error) {
 		n = 0
 		// Every entry goes first, then the current ones come back: an
 		// entry put back at now must not be deleted as a later one's key.
-		s.answered.reset() // the entries it knows go too
+		s.answered.reset() // the answered entries go below: nothing to remember
 		es := tx.duePushes(time.Unix(0, math.MaxInt64), math.MaxInt)
 		for _, e := range es {
 			if err := tx.deletePush(e); err != nil {

@@ -321,8 +321,7 @@ func (s *Service) DuePushes(max int) ([]Outgoing, error) {
 			if err != nil {
 				return err
 			}
-			if s.answered.stale(&e) {
-				s.answered.dropped(&e)
+			if s.answered.drop(&e) {
 				continue // answered: left behind
 			}
 			d, err := tx.deviceFrom(e.device, read[e.device])

@@ -790,6 +790,27 @@ func TestAnsweredPushUnread(t *testing.T) {
 	}
 }
 
+// TestRefusedCheckInStillPushed checks that a check-in the service
+// refuses does not count as the answer to the push its device is owed:
+// the push's retry still goes out.
+func TestRefusedCheckInStillPushed(t *testing.T) {
+	h := newHarnessWith(t, func(o *Options) { o.CertValidity = 4 * time.Minute })
+	mustDo(t, h.svc.SetAuthority, ModeOffice365)
+	d := h.mustEnroll(protocol.PlatformWindows, "ada@contoso.example")
+	mustDo(t, h.svc.SetAuthority, ModeIntune)
+	if out, err := h.svc.DuePushes(10); err != nil || len(out) != 1 {
+		t.Fatalf("DuePushes = %d, %v; want the first send", len(out), err)
+	}
+	h.clock.Advance(4 * time.Minute)
+	if resp := d.checkIn(); resp.Error != protocol.CodeCertificateExpired {
+		t.Fatalf("check-in with an expired certificate: %s; want it refused as expired", resp.Error)
+	}
+	h.clock.Advance(PushRetryDelays[0])
+	if out, err := h.svc.DuePushes(10); err != nil || len(out) != 1 {
+		t.Errorf("after a refused check-in, DuePushes = %d, %v; want the retry", len(out), err)
+	}
+}
+
 // TestPushShown checks that the admin API's device views show the sends
 // and the next one's time, which the queue keeps instead of the record.
 func TestPushShown(t *testing.T) {

@@ -618,9 +618,9 @@ func (tx *Tx) takeDue(now time.Time, batch int) iter.Seq2[pushEntry, error] {
 
 // readDuePushes reads into read, by device id, the records of the devices
 // of due queue entries, and decodes them on every core: in rounds, until
-// it has read max entries that are current, or every due one. Entries
-// answered knows to be stale are passed over unread. It reports whether
-// any entry is due.
+// it has read max entries that are current, or every due one. Entries of
+// pushes their devices have answered (answeredPushes) are passed over
+// unread. It reports whether any entry is due.
 func (tx *Tx) readDuePushes(now time.Time, max int, answered *answeredPushes, read map[string]*deviceRead) bool {
 	due, current := false, 0
 	var round []pushEntry
@@ -664,9 +664,11 @@ func (tx *Tx) readDuePushes(now time.Time, max int, answered *answeredPushes, re
 // After a migration's first pass, such entries are most of what comes due
 // when the first retries do. A device's generations only grow
 // (PushState.owe), so an entry of the answered generation, or of an older
-// one, is not current. Only a committed check-in adds to it; it starts
-// empty, and an entry it does not know is judged by the device record, as
-// always. It holds at most one generation a device.
+// one, is not current (device ids are never reused: a new enrolment is a
+// new id). Only a committed check-in adds to it; it starts empty, and an
+// entry it does not know is judged by the device record, as always. It
+// holds at most one generation a device, from the answer until that
+// push's entry comes due.
 type answeredPushes struct {
 	mu  sync.Mutex
 	gen map[string]uint64
@@ -688,27 +690,33 @@ func (a *answeredPushes) add(device string, gen uint64) {
 
 // stale reports whether e belongs to a push its device has answered, or
 // to an older one.
-func (a *answeredPushes) stale(e *pushEntry) bool {
+func (a *answeredPushes) stale(e *pushEntry) bool { return a.judge(e, false) }
+
+// drop is stale, and forgets the device when e is the answered push's own
+// entry, which its caller drops from the queue: the device's other
+// entries are older.
+func (a *answeredPushes) drop(e *pushEntry) bool { return a.judge(e, true) }
+
+func (a *answeredPushes) judge(e *pushEntry, forget bool) bool {
 	if e.legacy {
 		return false
 	}
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	gen, ok := a.gen[e.device]
-	return ok && e.gen <= gen
-}
-
-// dropped forgets the device of e once e, the answered push's own entry,
-// has left the queue.
-func (a *answeredPushes) dropped(e *pushEntry) {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	if gen, ok := a.gen[e.device]; ok && gen == e.gen {
-		delete(a.gen, e.device)
+	if !ok || e.gen > gen {
+		return false
 	}
+	if forget && e.gen == gen {
+		delete(a.gen, e.device)
+		if len(a.gen) == 0 {
+			a.gen = nil // a map keeps its size: a fleet's worth, after a change
+		}
+	}
+	return true
 }
 
-// reset forgets every device, when the queue is rebuilt.
+// reset forgets every device.
 func (a *answeredPushes) reset() {
 	a.mu.Lock()
 	defer a.mu.Unlock()

@@ -759,9 +759,9 @@ func (s *sim) newDevice(idx int, spec deviceSpec, name string, canary bool) (*si
 		return nil, err
 	}
 	if s.ext == nil {
-		// In process, devices connect with their connect tokens: the key
-		// would be garbage the collector walks at every collection (with
-		// the cryptography's cache of it, about ten objects a device).
+		// In process, devices connect with their connect tokens: a key
+		// kept would be live data the collector walks at every collection
+		// (with the cryptography's cache of it, about ten objects a device).
 		key = nil
 	}
 	d := &simDevice{idx: idx, spec: spec, key: key, canary: canary}
