@@ -697,6 +697,7 @@ func (a *answeredPushes) stale(e *pushEntry) bool { return a.judge(e, false) }
 // entries are older.
 func (a *answeredPushes) drop(e *pushEntry) bool { return a.judge(e, true) }
 
+// judge is stale, and with forget drop.
 func (a *answeredPushes) judge(e *pushEntry, forget bool) bool {
 	if e.legacy {
 		return false
