@@ -288,6 +288,13 @@ type RunReport struct {
 	BurstWallSeconds float64  `json:"burst_wall_s"`
 	BurstCPUSeconds  *float64 `json:"burst_cpu_s,omitempty"`
 	BurstGCs         uint64   `json:"burst_gcs"`
+	// BurstAllocBytes is what the process allocated on the heap in the
+	// burst, and BurstHeapLiveBytes the heap the last collection before
+	// the burst left live. With Go's usual collector (GOGC=100) a
+	// collection starts once the heap has grown by about the live heap,
+	// so a burst that allocates a fair share of it likely holds one.
+	BurstAllocBytes    uint64 `json:"burst_alloc_bytes"`
+	BurstHeapLiveBytes uint64 `json:"burst_heap_live_bytes"`
 	ConnectsPerSec   float64  `json:"connects_per_s"`
 	Connects         int      `json:"connects"`
 	// Restarts counts the restart steps carried out.
@@ -326,6 +333,7 @@ func (s *sim) report() *Report {
 	}
 	burstWall, burstCPU, gcs, cpuOK := s.burst.spent()
 	r.Run.BurstWallSeconds, r.Run.BurstGCs = burstWall.Seconds(), gcs
+	r.Run.BurstAllocBytes, r.Run.BurstHeapLiveBytes = s.burst.heap()
 	if cpuOK {
 		r.Run.BurstCPUSeconds = new(burstCPU.Seconds())
 	}

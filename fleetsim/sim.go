@@ -412,21 +412,36 @@ func (w *rateWindow) spent() (wall, cpu time.Duration, gcs uint64, ok bool) {
 	return w.realTo.Sub(w.realFrom), cpu, w.runTo.gcs - w.runFrom.gcs, ok
 }
 
-// runtimeSample is the process's CPU time and the Go runtime's count of
-// finished garbage collections at one moment.
+// heap is what the process allocated on the heap over the window, and
+// the heap the last collection before it left live; zero when it did not
+// run.
+func (w *rateWindow) heap() (allocated, live uint64) {
+	if !w.ended {
+		return 0, 0
+	}
+	return w.runTo.allocated - w.runFrom.allocated, w.runFrom.live
+}
+
+// runtimeSample is the process's CPU time and, from the Go runtime, the
+// count of finished garbage collections, the bytes allocated so far and
+// the heap the last collection left live, at one moment.
 type runtimeSample struct {
-	cpu   time.Duration
-	cpuOK bool
-	gcs   uint64
+	cpu       time.Duration
+	cpuOK     bool
+	gcs       uint64
+	allocated uint64
+	live      uint64
 }
 
 // sampleRuntime takes a runtimeSample now.
 func sampleRuntime() runtimeSample {
-	m := []metrics.Sample{{Name: "/gc/cycles/total:gc-cycles"}}
+	m := []metrics.Sample{{Name: "/gc/cycles/total:gc-cycles"}, {Name: "/gc/heap/allocs:bytes"}, {Name: "/gc/heap/live:bytes"}}
 	metrics.Read(m)
 	var r runtimeSample
-	if m[0].Value.Kind() == metrics.KindUint64 {
-		r.gcs = m[0].Value.Uint64()
+	for i, v := range []*uint64{&r.gcs, &r.allocated, &r.live} {
+		if m[i].Value.Kind() == metrics.KindUint64 {
+			*v = m[i].Value.Uint64()
+		}
 	}
 	r.cpu, r.cpuOK = processCPU()
 	return r

@@ -246,12 +246,21 @@ func TestBurstProfile(t *testing.T) {
 	}
 }
 
+// burstSink keeps TestBurstSpent's allocation from being optimised away.
+var burstSink []byte
+
 // TestBurstSpent checks that the burst's window takes the real time, the
-// process's CPU time and the garbage collections that ended in it.
+// process's CPU time, the garbage collections that ended in it, what was
+// allocated in it and the heap left live before it.
 func TestBurstSpent(t *testing.T) {
 	start := time.Unix(0, 0)
 	w := rateWindow{from: start, to: start.Add(time.Minute)}
+	if a, l := w.heap(); a != 0 || l != 0 {
+		t.Errorf("heap before the window = %d, %d; want nothing", a, l)
+	}
+	runtime.GC()
 	w.observe(start, 10)
+	burstSink = make([]byte, 8<<20)
 	runtime.GC()
 	runtime.GC()
 	for cpu, ok := processCPU(); ok; {
@@ -261,6 +270,9 @@ func TestBurstSpent(t *testing.T) {
 	}
 	w.observe(start.Add(time.Minute), 30)
 	wall, cpu, gcs, ok := w.spent()
+	if allocated, live := w.heap(); allocated < 8<<20 || live == 0 {
+		t.Errorf("heap in the window: %d bytes allocated, %d live before; want at least the 8 MiB allocated, and some live", allocated, live)
+	}
 	if gcs < 2 {
 		t.Errorf("%d collections in the window, want at least the 2 it ran", gcs)
 	}
