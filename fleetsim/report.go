@@ -293,10 +293,10 @@ type RunReport struct {
 	// the burst left live. With Go's usual collector (GOGC=100) a
 	// collection starts once the heap has grown by about the live heap,
 	// so a burst that allocates a fair share of it likely holds one.
-	BurstAllocBytes    uint64 `json:"burst_alloc_bytes"`
-	BurstHeapLiveBytes uint64 `json:"burst_heap_live_bytes"`
-	ConnectsPerSec   float64  `json:"connects_per_s"`
-	Connects         int      `json:"connects"`
+	BurstAllocBytes    uint64  `json:"burst_alloc_bytes"`
+	BurstHeapLiveBytes uint64  `json:"burst_heap_live_bytes"`
+	ConnectsPerSec     float64 `json:"connects_per_s"`
+	Connects           int     `json:"connects"`
 	// Restarts counts the restart steps carried out.
 	Restarts int `json:"restarts"`
 	// ConnectErrors counts device connections that failed or were
