@@ -186,7 +186,7 @@ func dialMQTT(nc net.Conn, o mqttOptions) (*mqttConn, error) {
 
 // directConn is the broker's end of an in-process session without a
 // reader goroutine on the device's side. The broker reads what the device
-// writes from a net.Pipe, as usual; what the broker writes is decoded and
+// writes from a memPipe, as usual; what the broker writes is decoded and
 // handled by the device's session at once, in the broker's goroutine that
 // writes it. A simulated device then needs no goroutine of its own, and a
 // message reaches it without a hand-over between goroutines. mochi
@@ -197,9 +197,12 @@ type directConn struct {
 }
 
 // newDirectPipe returns the device's end and the broker's end of an
-// in-process session for dialMQTTDirect.
+// in-process session for dialMQTTDirect: a memPipe, on whose broker end
+// the broker reads what the device writes before its session is attached
+// to an uplink (CONNECT, SUBSCRIBE, early PUBACKs), and after it only the
+// end of the session.
 func newDirectPipe() (net.Conn, *directConn) {
-	client, server := net.Pipe()
+	client, server := newMemPipe()
 	return client, &directConn{Conn: server}
 }
 
