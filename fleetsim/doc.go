@@ -13,8 +13,9 @@
 // 3.1.1 client built on mochi's packet codec, not paho: at 100,000 devices
 // the client's cost per message and per idle session matters. In process a
 // session has no goroutine of its own. It connects through an in-memory
-// pipe with a buffer each way, one allocation a session where net.Pipe's
-// channels and deadlines were a dozen objects for the collector (memPipe).
+// pipe with a buffer each way, one object a session once idle, where
+// net.Pipe's channels and deadlines were about a dozen for the collector
+// (memPipe).
 // Through it go CONNECT with its credentials and SUBSCRIBE to its own
 // topic, both checked by the broker as on any connection. What the broker
 // writes is decoded and handed to the device in the broker's own writing

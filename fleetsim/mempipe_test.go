@@ -62,3 +62,19 @@ func TestMemPipeDeadlineLetGo(t *testing.T) {
 		t.Error("timers kept after the deadlines were cleared")
 	}
 }
+
+// TestMemPipeDeadlineFirst checks that a passed read deadline fails a Read
+// even with data buffered, as on net.Pipe, and that clearing it lets the
+// data be read.
+func TestMemPipeDeadlineFirst(t *testing.T) {
+	a, b := newMemPipe()
+	a.Write([]byte("x"))
+	b.SetReadDeadline(time.Now().Add(-time.Second))
+	if _, err := b.Read(make([]byte, 1)); !errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("Read past its deadline: %v, want os.ErrDeadlineExceeded", err)
+	}
+	b.SetReadDeadline(time.Time{})
+	if n, err := b.Read(make([]byte, 1)); n != 1 || err != nil {
+		t.Errorf("Read once the deadline is cleared = %d, %v; want 1, nil", n, err)
+	}
+}

@@ -198,9 +198,9 @@ type directConn struct {
 
 // newDirectPipe returns the device's end and the broker's end of an
 // in-process session for dialMQTTDirect: a memPipe, on whose broker end
-// the broker reads what the device writes before its session is attached
-// to an uplink (CONNECT, SUBSCRIBE, early PUBACKs), and after it only the
-// end of the session.
+// the broker reads what the device writes. A session attached to an
+// uplink writes there only its handshake (CONNECT, SUBSCRIBE, early
+// PUBACKs); one that is not (Config.Wire) writes every packet.
 func newDirectPipe() (net.Conn, *directConn) {
 	client, server := newMemPipe()
 	return client, &directConn{Conn: server}
@@ -505,7 +505,10 @@ func (c *mqttConn) subscribe(filter string) error {
 // for concurrent use. It fails once the session has ended or been closed,
 // and when the write fails (which ends the session). On net.Pipe it
 // returns only once the broker has read the packet, which it does after it
-// has handled the previous one: back-pressure, as a device would feel.
+// has handled the previous one: back-pressure, as a device would feel; on
+// a direct session's memPipe, once the packet is buffered, with
+// back-pressure only past memPipeLimit bytes unread; over the network, as
+// the socket's buffers allow.
 // An attached session (attach) returns once the packet is queued, without
 // back-pressure: the queue has no bound, and a PUBLISH the broker then
 // refuses is reported through onLost. The payload is copied into the

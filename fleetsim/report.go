@@ -289,14 +289,19 @@ type RunReport struct {
 	BurstCPUSeconds  *float64 `json:"burst_cpu_s,omitempty"`
 	BurstGCs         uint64   `json:"burst_gcs"`
 	// BurstAllocBytes is what the process allocated on the heap in the
-	// burst, and BurstHeapLiveBytes the heap the last collection before
-	// the burst left live. With Go's usual collector (GOGC=100) a
-	// collection starts once the heap has grown by about the live heap,
-	// so a burst that allocates a fair share of it likely holds one.
-	BurstAllocBytes    uint64  `json:"burst_alloc_bytes"`
-	BurstHeapLiveBytes uint64  `json:"burst_heap_live_bytes"`
-	ConnectsPerSec     float64 `json:"connects_per_s"`
-	Connects           int     `json:"connects"`
+	// burst; BurstHeapLiveBytes the heap the last collection before the
+	// burst left live; BurstGCHeadroomBytes the collector's heap goal at
+	// the burst's start less the heap then in use: about what the burst
+	// could allocate before a collection ends (one starts somewhat
+	// before). A burst that allocates more than its headroom holds a
+	// collection. With Go's usual collector (GOGC=100) the goal is the
+	// live heap plus as much again and the goroutine stacks, so the
+	// headroom depends on when the last collection ended.
+	BurstAllocBytes      uint64  `json:"burst_alloc_bytes"`
+	BurstHeapLiveBytes   uint64  `json:"burst_heap_live_bytes"`
+	BurstGCHeadroomBytes uint64  `json:"burst_gc_headroom_bytes"`
+	ConnectsPerSec       float64 `json:"connects_per_s"`
+	Connects             int     `json:"connects"`
 	// Restarts counts the restart steps carried out.
 	Restarts int `json:"restarts"`
 	// ConnectErrors counts device connections that failed or were
@@ -333,7 +338,7 @@ func (s *sim) report() *Report {
 	}
 	burstWall, burstCPU, gcs, cpuOK := s.burst.spent()
 	r.Run.BurstWallSeconds, r.Run.BurstGCs = burstWall.Seconds(), gcs
-	r.Run.BurstAllocBytes, r.Run.BurstHeapLiveBytes = s.burst.heap()
+	r.Run.BurstAllocBytes, r.Run.BurstHeapLiveBytes, r.Run.BurstGCHeadroomBytes = s.burst.heap()
 	if cpuOK {
 		r.Run.BurstCPUSeconds = new(burstCPU.Seconds())
 	}

@@ -376,8 +376,9 @@ const burstWindow = 10 * time.Minute
 // rateWindow measures a rate per real second over a window of virtual
 // time: a count at the first timer at or after its start and again at
 // the first at or after its end (or the end of the run).
-// It also takes what the process spent meanwhile: its CPU time and the
-// garbage collections that ended.
+// It also takes what the process spent meanwhile: its CPU time, the
+// garbage collections that ended and the bytes it allocated; and the heap
+// left live before it.
 type rateWindow struct {
 	from, to           time.Time // virtual
 	realFrom, realTo   time.Time
@@ -412,33 +413,42 @@ func (w *rateWindow) spent() (wall, cpu time.Duration, gcs uint64, ok bool) {
 	return w.realTo.Sub(w.realFrom), cpu, w.runTo.gcs - w.runFrom.gcs, ok
 }
 
-// heap is what the process allocated on the heap over the window, and
-// the heap the last collection before it left live; zero when it did not
-// run.
-func (w *rateWindow) heap() (allocated, live uint64) {
+// heap is what the process allocated on the heap over the window, the
+// heap the last collection before it left live, and its headroom at the
+// start: the collector's heap goal less the heap then in use, about what
+// could be allocated before the next collection ends. All zero when the
+// window did not run.
+func (w *rateWindow) heap() (allocated, live, headroom uint64) {
 	if !w.ended {
-		return 0, 0
+		return 0, 0, 0
 	}
-	return w.runTo.allocated - w.runFrom.allocated, w.runFrom.live
+	if w.runFrom.goal > w.runFrom.inUse {
+		headroom = w.runFrom.goal - w.runFrom.inUse
+	}
+	return w.runTo.allocated - w.runFrom.allocated, w.runFrom.live, headroom
 }
 
 // runtimeSample is the process's CPU time and, from the Go runtime, the
-// count of finished garbage collections, the bytes allocated so far and
-// the heap the last collection left live, at one moment.
+// count of finished garbage collections, the bytes allocated so far, the
+// heap the last collection left live, the heap in use and the heap goal
+// of the collector's current cycle, at one moment.
 type runtimeSample struct {
 	cpu       time.Duration
 	cpuOK     bool
 	gcs       uint64
 	allocated uint64
 	live      uint64
+	inUse     uint64
+	goal      uint64
 }
 
 // sampleRuntime takes a runtimeSample now.
 func sampleRuntime() runtimeSample {
-	m := []metrics.Sample{{Name: "/gc/cycles/total:gc-cycles"}, {Name: "/gc/heap/allocs:bytes"}, {Name: "/gc/heap/live:bytes"}}
+	m := []metrics.Sample{{Name: "/gc/cycles/total:gc-cycles"}, {Name: "/gc/heap/allocs:bytes"}, {Name: "/gc/heap/live:bytes"},
+		{Name: "/memory/classes/heap/objects:bytes"}, {Name: "/gc/heap/goal:bytes"}}
 	metrics.Read(m)
 	var r runtimeSample
-	for i, v := range []*uint64{&r.gcs, &r.allocated, &r.live} {
+	for i, v := range []*uint64{&r.gcs, &r.allocated, &r.live, &r.inUse, &r.goal} {
 		if m[i].Value.Kind() == metrics.KindUint64 {
 			*v = m[i].Value.Uint64()
 		}

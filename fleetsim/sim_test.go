@@ -5,6 +5,7 @@ import (
 	"context"
 	"reflect"
 	"runtime"
+	"runtime/debug"
 	"strings"
 	"testing"
 	"time"
@@ -255,12 +256,13 @@ var burstSink []byte
 func TestBurstSpent(t *testing.T) {
 	start := time.Unix(0, 0)
 	w := rateWindow{from: start, to: start.Add(time.Minute)}
-	if a, l := w.heap(); a != 0 || l != 0 {
-		t.Errorf("heap before the window = %d, %d; want nothing", a, l)
-	}
+	defer debug.SetGCPercent(debug.SetGCPercent(100)) // a heap goal to measure, whatever GOGC says
 	runtime.GC()
 	w.observe(start, 10)
-	burstSink = make([]byte, 8<<20)
+	if a, l, h := w.heap(); a != 0 || l != 0 || h != 0 {
+		t.Errorf("heap of a window not yet ended = %d, %d, %d; want nothing", a, l, h)
+	}
+	burstSink = make([]byte, 64<<20) // live at the end, not before
 	runtime.GC()
 	runtime.GC()
 	for cpu, ok := processCPU(); ok; {
@@ -270,9 +272,10 @@ func TestBurstSpent(t *testing.T) {
 	}
 	w.observe(start.Add(time.Minute), 30)
 	wall, cpu, gcs, ok := w.spent()
-	if allocated, live := w.heap(); allocated < 8<<20 || live == 0 {
-		t.Errorf("heap in the window: %d bytes allocated, %d live before; want at least the 8 MiB allocated, and some live", allocated, live)
+	if allocated, live, headroom := w.heap(); allocated < 64<<20 || live == 0 || live >= 64<<20 || headroom == 0 || headroom >= w.runFrom.goal {
+		t.Errorf("heap in the window: %d bytes allocated, %d live before, %d of headroom; want at least the 64 MiB allocated in it, some live before it but less than that, and some headroom but less than the heap goal", allocated, live, headroom)
 	}
+	burstSink = nil
 	if gcs < 2 {
 		t.Errorf("%d collections in the window, want at least the 2 it ran", gcs)
 	}

@@ -53,7 +53,7 @@ func TestReportKeys(t *testing.T) {
 		"profiles.overwritten", "profiles.redundant_devices_max", "profiles.gap_devices", "profiles.retained_at_end",
 		"validation.canary_authority", "validation.remote_lock",
 		"run.wall_s", "run.checkins_per_s", "run.peak_rss_bytes",
-		"run.burst_checkins_per_s", "run.burst_wall_s", "run.burst_gcs", "run.burst_alloc_bytes", "run.burst_heap_live_bytes", "run.connects_per_s", "run.connects", "run.restarts", "run.connect_errors", "run.sessions_lost",
+		"run.burst_checkins_per_s", "run.burst_wall_s", "run.burst_gcs", "run.burst_alloc_bytes", "run.burst_heap_live_bytes", "run.burst_gc_headroom_bytes", "run.connects_per_s", "run.connects", "run.restarts", "run.connect_errors", "run.sessions_lost",
 		"run.host.cpus", "run.host.gomaxprocs", "run.host.gc_percent", "run.host.go", "run.host.os",
 	} {
 		var v any = doc
