@@ -377,8 +377,8 @@ const burstWindow = 10 * time.Minute
 // time: a count at the first timer at or after its start and again at
 // the first at or after its end (or the end of the run).
 // It also takes what the process spent meanwhile: its CPU time, the
-// garbage collections that ended and the bytes it allocated; and the heap
-// left live before it.
+// garbage collections that ended and the bytes it allocated; and, at its
+// start, the heap left live and the collector's headroom.
 type rateWindow struct {
 	from, to           time.Time // virtual
 	realFrom, realTo   time.Time
