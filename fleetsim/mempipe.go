@@ -59,8 +59,11 @@ func newMemPipe() (net.Conn, net.Conn) {
 // memPipeAddr is the address of both ends of a memPipe.
 type memPipeAddr struct{}
 
+// Network is "pipe", as for net.Pipe.
 func (memPipeAddr) Network() string { return "pipe" }
-func (memPipeAddr) String() string  { return "pipe" }
+
+// String is "pipe", as for net.Pipe.
+func (memPipeAddr) String() string { return "pipe" }
 
 // passed reports whether the deadline t is set and has passed.
 func passed(t time.Time) bool { return !t.IsZero() && !time.Now().Before(t) }
@@ -140,7 +143,10 @@ func (e *memEnd) Close() error {
 	return nil
 }
 
-func (e *memEnd) LocalAddr() net.Addr  { return memPipeAddr{} }
+// LocalAddr is the pipe's address.
+func (e *memEnd) LocalAddr() net.Addr { return memPipeAddr{} }
+
+// RemoteAddr is the pipe's address.
 func (e *memEnd) RemoteAddr() net.Addr { return memPipeAddr{} }
 
 // SetDeadline sets both deadlines.
