@@ -134,13 +134,18 @@ func (e *memEnd) Close() error {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	e.closed, e.in = true, nil
-	for _, t := range []*time.Timer{e.readTimer, e.writeTimer} {
-		if t != nil {
-			t.Stop()
-		}
-	}
+	dropTimer(&e.readTimer)
+	dropTimer(&e.writeTimer)
 	p.cond.Broadcast()
 	return nil
+}
+
+// dropTimer stops a deadline's timer, if there is one, and lets it go.
+func dropTimer(t **time.Timer) {
+	if *t != nil {
+		(*t).Stop()
+		*t = nil
+	}
 }
 
 // LocalAddr is the pipe's address.
@@ -178,10 +183,7 @@ func (e *memEnd) setDeadline(deadline *time.Time, timer **time.Timer, t time.Tim
 	*deadline = t
 	switch {
 	case t.IsZero():
-		if *timer != nil {
-			(*timer).Stop()
-			*timer = nil
-		}
+		dropTimer(timer)
 		return nil
 	case *timer == nil:
 		*timer = time.AfterFunc(time.Until(t), func() { p.expire(deadline, timer) })

@@ -33,8 +33,8 @@ import (
 )
 
 // mqttTestBroker is the real service and its embedded broker, reached
-// through net.Pipe as the simulator reaches it, and on the network when
-// asked for.
+// in process over net.Pipe or as the simulator reaches it
+// (newDirectPipe), and on the network when asked for.
 type mqttTestBroker struct {
 	svc      *broker.Service
 	b        *broker.Broker
