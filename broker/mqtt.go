@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -99,11 +100,35 @@ func NewBroker(svc *Service, logger *slog.Logger) (*Broker, error) {
 // Serve starts the broker's housekeeping. It returns at once.
 func (b *Broker) Serve() error { return b.server.Serve() }
 
-// Close disconnects every client and stops the broker. Closing twice is
-// harmless (mochi's own Close panics the second time).
+// Close stops the network listeners, disconnects their clients, waits for
+// every connection to end (in-process ones end when their side closes),
+// and stops the broker. Closing twice is harmless (mochi's own Close
+// panics the second time).
 func (b *Broker) Close() error {
-	b.closeOnce.Do(func() { b.closeErr = b.server.Close() })
+	b.closeOnce.Do(func() {
+		b.closeNetClients()
+		b.closeErr = b.server.Close()
+	})
 	return b.closeErr
+}
+
+// closeNetClients stops the network listeners and disconnects their
+// clients, which mochi's Close would do itself but for a deadlock: in
+// mochi v2.7.9, Clients.GetByListener read-locks the client list twice,
+// and a client that connects or leaves between the two locks blocks
+// both for good (mochi-mqtt/server#488). Closed here, a listener is
+// skipped by mochi's Close, which then only waits for the connections to
+// end. The client list is copied under one read lock.
+func (b *Broker) closeNetClients() {
+	nets := []string{listenerTLS, listenerTCP}
+	for _, id := range nets {
+		b.server.Listeners.Close(id, func(string) {})
+	}
+	for _, cl := range b.server.Clients.GetAll() {
+		if slices.Contains(nets, cl.Net.Listener) && !cl.Closed() {
+			b.server.DisconnectClient(cl, packets.ErrServerShuttingDown)
+		}
+	}
 }
 
 // Connect serves one in-process client connection, such as one end of a

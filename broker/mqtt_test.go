@@ -460,3 +460,65 @@ func TestBrokerCloseTwice(t *testing.T) {
 		t.Errorf("second Close = %v", err)
 	}
 }
+
+// TestBrokerCloseWhileClientsComeAndGo closes brokers with a client on
+// each network listener while other clients connect and leave. mochi
+// v2.7.9 lists a listener's clients under a read lock that it takes twice
+// (mochi-mqtt/server#488): a connection or disconnection between the two
+// deadlocked its Close for good. Broker.Close must not go that way.
+func TestBrokerCloseWhileClientsComeAndGo(t *testing.T) {
+	h := newHarness(t)
+	for i := range 200 {
+		b, err := NewBroker(h.svc, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := b.ListenTLS("127.0.0.1:0", []string{"localhost"}); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := b.ListenTCP("127.0.0.1:0"); err != nil {
+			t.Fatal(err)
+		}
+		if err := b.Serve(); err != nil {
+			t.Fatal(err)
+		}
+		for _, l := range []string{listenerTLS, listenerTCP} {
+			c, peer := net.Pipe()
+			peer.Close() // the disconnection's write fails at once
+			cl := b.server.NewClient(c, l, "d-listed-"+l, false)
+			b.server.Clients.Add(cl)
+		}
+		// Clients connecting and leaving, as fast as the client list
+		// takes them.
+		stop := make(chan struct{})
+		churned := make(chan struct{})
+		go func() {
+			defer close(churned)
+			cl := b.server.NewClient(nil, memoryListener, "d-churn", false)
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				b.server.Clients.Add(cl)
+				b.server.Clients.Delete(cl.ID)
+			}
+		}()
+		closed := make(chan error, 1)
+		go func() { closed <- b.Close() }()
+		select {
+		case err := <-closed:
+			if err != nil {
+				t.Fatalf("Close = %v", err)
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatalf("broker %d: Close hung while clients came and went", i)
+		}
+		close(stop)
+		<-churned
+		if cl, ok := b.server.Clients.Get("d-listed-" + listenerTLS); !ok || !cl.Closed() {
+			t.Fatalf("broker %d: the TLS listener's client was not disconnected", i)
+		}
+	}
+}
