@@ -118,7 +118,8 @@ func (b *Broker) Close() error {
 // and a client that connects or leaves between the two locks blocks
 // both for good (mochi-mqtt/server#488). Closed here, a listener is
 // skipped by mochi's Close, which then only waits for the connections to
-// end. The client list is copied under one read lock.
+// end. The client list is copied under one read lock. Once a mochi
+// release fixes #488, mochi's Close can do this again.
 func (b *Broker) closeNetClients() {
 	nets := []string{listenerTLS, listenerTCP}
 	for _, id := range nets {
