@@ -71,7 +71,14 @@ func (h *authHook) ID() string { return "mdm-auth" }
 // Provides implements mqtt.Hook.
 func (h *authHook) Provides(b byte) bool {
 	return bytes.Contains([]byte{mqtt.OnConnectAuthenticate, mqtt.OnACLCheck, mqtt.OnPublish, mqtt.OnPublishDropped,
-		mqtt.OnSessionEstablish}, []byte{b})
+		mqtt.OnSessionEstablish, mqtt.OnSessionEstablished}, []byte{b})
+}
+
+// OnSessionEstablished runs once mochi has listed a client: a network
+// client listed while the broker closes is stopped (see
+// Broker.stopIfClosing).
+func (h *authHook) OnSessionEstablished(cl *mqtt.Client, _ packets.Packet) {
+	h.broker.stopIfClosing(cl)
 }
 
 // OnSessionEstablish runs once a client has authenticated, before mochi

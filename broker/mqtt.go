@@ -38,7 +38,12 @@ type Broker struct {
 	// badInput logs dropped device messages at a bounded rate.
 	badInput *rateLog
 	tracker  atomic.Pointer[Tracker]
+	// nets are the ids of the network listeners, added before Serve.
+	nets []string
 
+	// closing is set once Close has begun: a network client listed after
+	// Close copied the client list is stopped by the auth hook.
+	closing   atomic.Bool
 	closeOnce sync.Once
 	closeErr  error
 }
@@ -118,17 +123,37 @@ func (b *Broker) Close() error {
 // and a client that connects or leaves between the two locks blocks
 // both for good (mochi-mqtt/server#488). Closed here, a listener is
 // skipped by mochi's Close, which then only waits for the connections to
-// end. The client list is copied under one read lock. Once a mochi
-// release fixes #488, mochi's Close can do this again.
+// end. The client list is copied under one read lock; a client accepted
+// before its listener closed but listed after the copy is stopped by the
+// auth hook (see stopIfClosing). Once a mochi release fixes #488, mochi's
+// Close can do this again.
 func (b *Broker) closeNetClients() {
-	nets := []string{listenerTLS, listenerTCP}
-	for _, id := range nets {
+	b.closing.Store(true)
+	for _, id := range b.nets {
 		b.server.Listeners.Close(id, func(string) {})
 	}
 	for _, cl := range b.server.Clients.GetAll() {
-		if slices.Contains(nets, cl.Net.Listener) && !cl.Closed() {
+		if slices.Contains(b.nets, cl.Net.Listener) && !cl.Closed() {
+			if cl.Net.Conn != nil {
+				// A peer that stopped reading cannot hold up shutdown.
+				cl.Net.Conn.SetWriteDeadline(time.Now().Add(closeWriteTimeout))
+			}
 			b.server.DisconnectClient(cl, packets.ErrServerShuttingDown)
 		}
+	}
+}
+
+// closeWriteTimeout bounds the broker's last write to a network client,
+// the disconnection, when the broker closes.
+const closeWriteTimeout = time.Second
+
+// stopIfClosing stops a network client that mochi listed after Close
+// began: closeNetClients may have copied the client list before it.
+// Either the copy has the client or this sees closing set, since the
+// client is listed before this runs and closing is set before the copy.
+func (b *Broker) stopIfClosing(cl *mqtt.Client) {
+	if b.closing.Load() && slices.Contains(b.nets, cl.Net.Listener) {
+		cl.Stop(packets.ErrServerShuttingDown)
 	}
 }
 
@@ -163,6 +188,7 @@ func (b *Broker) ListenTLS(addr string, names []string) (net.Addr, error) {
 		ln.Close()
 		return nil, fmt.Errorf("listen %s: %w", addr, err)
 	}
+	b.nets = append(b.nets, listenerTLS)
 	return ln.Addr(), nil
 }
 
@@ -181,6 +207,7 @@ func (b *Broker) ListenTCP(addr string) (net.Addr, error) {
 		ln.Close()
 		return nil, fmt.Errorf("listen %s: %w", addr, err)
 	}
+	b.nets = append(b.nets, listenerTCP)
 	return ln.Addr(), nil
 }
 

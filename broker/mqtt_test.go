@@ -507,18 +507,61 @@ func TestBrokerCloseWhileClientsComeAndGo(t *testing.T) {
 		}()
 		closed := make(chan error, 1)
 		go func() { closed <- b.Close() }()
+		hung := false
 		select {
-		case err := <-closed:
-			if err != nil {
-				t.Fatalf("Close = %v", err)
-			}
+		case err = <-closed:
 		case <-time.After(10 * time.Second):
+			hung = true
+		}
+		close(stop) // a hung Close leaves the churn blocked, not spinning
+		if hung {
 			t.Fatalf("broker %d: Close hung while clients came and went", i)
 		}
-		close(stop)
 		<-churned
-		if cl, ok := b.server.Clients.Get("d-listed-" + listenerTLS); !ok || !cl.Closed() {
-			t.Fatalf("broker %d: the TLS listener's client was not disconnected", i)
+		if err != nil {
+			t.Fatalf("Close = %v", err)
 		}
+		for _, l := range []string{listenerTLS, listenerTCP} {
+			if cl, ok := b.server.Clients.Get("d-listed-" + l); !ok || !cl.Closed() {
+				t.Fatalf("broker %d: the %s listener's client was not disconnected", i, l)
+			}
+		}
+	}
+}
+
+// TestCloseStopsLateClients: a network client that mochi lists after Close
+// copied the client list is stopped as its session starts; in-process
+// clients, and every client while the broker is not closing, are not.
+func TestCloseStopsLateClients(t *testing.T) {
+	b, err := NewBroker(newHarness(t).svc, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.ListenTCP("127.0.0.1:0"); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Serve(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { b.Close() })
+	client := func(listener string) *mqtt.Client {
+		c, peer := net.Pipe()
+		t.Cleanup(func() { c.Close(); peer.Close() })
+		return b.server.NewClient(c, listener, "d-late-"+listener, false)
+	}
+	early := client(listenerTCP)
+	b.stopIfClosing(early)
+	if early.Closed() {
+		t.Error("a TCP client stopped while the broker was not closing")
+	}
+	b.closing.Store(true)
+	late, inProcess := client(listenerTCP), client(memoryListener)
+	b.stopIfClosing(late)
+	b.stopIfClosing(inProcess)
+	if !late.Closed() {
+		t.Error("a TCP client listed while the broker closed was not stopped")
+	}
+	if inProcess.Closed() {
+		t.Error("an in-process client was stopped: its own side ends it")
 	}
 }
