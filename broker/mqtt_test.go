@@ -39,6 +39,28 @@ func newTestBroker(t *testing.T, h *harness, withTLS bool) (*Broker, net.Addr) {
 	return b, addr
 }
 
+// newNetBroker starts an embedded broker for h's service with a TLS and a
+// plain-TCP listener on free loopback ports, returns it with their
+// addresses, and stops it at the end of the test.
+func newNetBroker(t *testing.T, h *harness) (b *Broker, tlsAddr, tcpAddr net.Addr) {
+	t.Helper()
+	b, err := NewBroker(h.svc, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if tlsAddr, err = b.ListenTLS("127.0.0.1:0", []string{"localhost"}); err != nil {
+		t.Fatal(err)
+	}
+	if tcpAddr, err = b.ListenTCP("127.0.0.1:0"); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Serve(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { b.Close() })
+	return b, tlsAddr, tcpAddr
+}
+
 // pahoClient connects a real MQTT client to the embedded broker over
 // net.Pipe, the in-memory transport, with the credentials of clientID (the
 // enrollment token for an enrolling client, the connect token of the
@@ -469,19 +491,7 @@ func TestBrokerCloseTwice(t *testing.T) {
 func TestBrokerCloseWhileClientsComeAndGo(t *testing.T) {
 	h := newHarness(t)
 	for i := range 200 {
-		b, err := NewBroker(h.svc, nil)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if _, err := b.ListenTLS("127.0.0.1:0", []string{"localhost"}); err != nil {
-			t.Fatal(err)
-		}
-		if _, err := b.ListenTCP("127.0.0.1:0"); err != nil {
-			t.Fatal(err)
-		}
-		if err := b.Serve(); err != nil {
-			t.Fatal(err)
-		}
+		b, _, _ := newNetBroker(t, h)
 		for _, l := range []string{listenerTLS, listenerTCP} {
 			c, peer := net.Pipe()
 			peer.Close() // the disconnection's write fails at once
@@ -507,6 +517,7 @@ func TestBrokerCloseWhileClientsComeAndGo(t *testing.T) {
 		}()
 		closed := make(chan error, 1)
 		go func() { closed <- b.Close() }()
+		var err error
 		hung := false
 		select {
 		case err = <-closed:
@@ -533,17 +544,7 @@ func TestBrokerCloseWhileClientsComeAndGo(t *testing.T) {
 // copied the client list is stopped as its session starts; in-process
 // clients, and every client while the broker is not closing, are not.
 func TestCloseStopsLateClients(t *testing.T) {
-	b, err := NewBroker(newHarness(t).svc, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := b.ListenTCP("127.0.0.1:0"); err != nil {
-		t.Fatal(err)
-	}
-	if err := b.Serve(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { b.Close() })
+	b, _, _ := newNetBroker(t, newHarness(t))
 	client := func(listener string) *mqtt.Client {
 		c, peer := net.Pipe()
 		t.Cleanup(func() { c.Close(); peer.Close() })

@@ -39,22 +39,7 @@ type rogueSetup struct {
 func newRogueSetup(t *testing.T) *rogueSetup {
 	t.Helper()
 	h := newHarness(t)
-	b, err := NewBroker(h.svc, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tlsAddr, err := b.ListenTLS("127.0.0.1:0", []string{"localhost"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	tcpAddr, err := b.ListenTCP("127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := b.Serve(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { b.Close() })
+	b, tlsAddr, tcpAddr := newNetBroker(t, h)
 	mustDo(t, h.svc.SetAuthority, ModeIntune)
 	r := &rogueSetup{h: h, b: b, tlsAddr: tlsAddr.String(), tcpAddr: tcpAddr.String()}
 	r.victim, r.victimCert = enrollWithKey(t, h, protocol.PlatformWindows)
