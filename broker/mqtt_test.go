@@ -491,7 +491,21 @@ func TestBrokerCloseTwice(t *testing.T) {
 func TestBrokerCloseWhileClientsComeAndGo(t *testing.T) {
 	h := newHarness(t)
 	for i := range 200 {
-		b, _, _ := newNetBroker(t, h)
+		// Not newNetBroker: its cleanup's Close would wait forever
+		// behind a hung one, and the test would hang instead of failing.
+		b, err := NewBroker(h.svc, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := b.ListenTLS("127.0.0.1:0", []string{"localhost"}); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := b.ListenTCP("127.0.0.1:0"); err != nil {
+			t.Fatal(err)
+		}
+		if err := b.Serve(); err != nil {
+			t.Fatal(err)
+		}
 		for _, l := range []string{listenerTLS, listenerTCP} {
 			c, peer := net.Pipe()
 			peer.Close() // the disconnection's write fails at once
@@ -517,7 +531,6 @@ func TestBrokerCloseWhileClientsComeAndGo(t *testing.T) {
 		}()
 		closed := make(chan error, 1)
 		go func() { closed <- b.Close() }()
-		var err error
 		hung := false
 		select {
 		case err = <-closed:
