@@ -56,8 +56,8 @@ var connNames = [connResults]string{"accepted", "will", "client_id", "no_credent
 // only to its uplink topic and subscribes only to its downlink topic; an
 // enrolling client only to the enrollment topics of its own request.
 // Wildcards never reach another client's topics, since no topic with a
-// wildcard parses. The service's own subscription is inline (inside the
-// broker), so no client can take it.
+// wildcard parses. The service takes what devices publish from this hook
+// (OnPublish), inside the broker, so no client can take it.
 type authHook struct {
 	mqtt.HookBase
 	svc    *Service
@@ -98,11 +98,27 @@ func (h *authHook) OnPublishDropped(cl *mqtt.Client, pk packets.Packet) {
 // OnPublish rejects retained messages: nothing in the protocol is
 // retained, and a retained message would reach a device long after its
 // sender left.
+//
+// It also hands the service what a client publishes to it (to its uplink
+// or enrollment request topic, the only topics a client may write), and
+// tells mochi to acknowledge the message without routing it: the
+// service is the one reader of those topics, since no client may
+// subscribe to them (OnACLCheck), so looking up their subscribers in
+// mochi's topic tree would only find the service again. The service
+// handles the message before mochi writes its PUBACK, in the goroutine
+// of the client's connection, as an inline subscription would after it.
 func (h *authHook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, error) {
-	if pk.FixedHeader.Retain && !cl.Net.Inline {
+	if cl.Net.Inline {
+		return pk, nil
+	}
+	if pk.FixedHeader.Retain {
 		h.svc.metrics.aclDenied.Add(1)
 		h.log.Warn("retained message refused", "client", cl.ID, "remote", cl.Net.Remote, "topic", pk.TopicName)
 		return pk, packets.ErrRejectPacket
+	}
+	if h.broker.serviceTopic(pk.TopicName) {
+		h.broker.onMessage(cl, pk)
+		return pk, packets.CodeSuccessIgnore
 	}
 	return pk, nil
 }

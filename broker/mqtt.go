@@ -19,10 +19,11 @@ import (
 )
 
 // Broker is the embedded MQTT broker (mochi-mqtt) with the service attached
-// to it through an inline subscription: a device's message is handled in
-// the goroutine of that device's connection (or of the caller of
-// Session.Send), so each device has at most one message in flight and the
-// store batches the writes of many devices.
+// to it through its publish hook (authHook.OnPublish): a device's message
+// is handled in the goroutine of that device's connection (or of the
+// caller of Session.Send), before the broker acknowledges it, so each
+// device has at most one message in flight and the store batches the
+// writes of many devices.
 //
 // Clients reach it in three ways. ListenTLS serves MQTT over TLS on the
 // network: a device proves its identity with its MDM certificate (mutual
@@ -94,11 +95,6 @@ func NewBroker(svc *Service, logger *slog.Logger) (*Broker, error) {
 	}
 	kick := b.disconnect
 	svc.disconnect.Store(&kick)
-	for i, filter := range protocol.ServiceFilters(svc.opts.Tenant) {
-		if err := s.Subscribe(filter, i+1, b.onMessage); err != nil {
-			return nil, fmt.Errorf("broker: subscribe %s: %w", filter, err)
-		}
-	}
 	return b, nil
 }
 
@@ -211,10 +207,18 @@ func (b *Broker) ListenTCP(addr string) (net.Addr, error) {
 	return ln.Addr(), nil
 }
 
+// serviceTopic reports whether topic is one the service takes: an uplink
+// or an enrollment request of its tenant.
+func (b *Broker) serviceTopic(topic string) bool {
+	t, err := protocol.ParseTopic(topic)
+	return err == nil && t.Tenant == b.svc.opts.Tenant &&
+		(t.Kind == protocol.TopicUplink || t.Kind == protocol.TopicEnrollRequest)
+}
+
 // onMessage hands a device's message to the service and publishes the
 // answers. A message the service drops is counted there and logged here,
 // at a bounded rate.
-func (b *Broker) onMessage(cl *mqtt.Client, _ packets.Subscription, pk packets.Packet) {
+func (b *Broker) onMessage(cl *mqtt.Client, pk packets.Packet) {
 	out, err := b.svc.HandleMessage(context.Background(), pk.TopicName, pk.Payload)
 	if err != nil {
 		b.badInput.Warn("device message dropped", "client", cl.ID, "remote", cl.Net.Remote,

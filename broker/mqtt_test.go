@@ -6,6 +6,7 @@ import (
 	"net"
 	"net/url"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -577,5 +578,51 @@ func TestCloseStopsLateClients(t *testing.T) {
 	}
 	if inProcess.Closed() {
 		t.Error("an in-process client was stopped: its own side ends it")
+	}
+}
+
+// TestAcknowledgedOnceHandled: the broker acknowledges a device's message
+// only once the service has handled it and published its answer, so a
+// PUBACK means the check-in is on record. The test holds the service in
+// the middle of a check-in and checks that no PUBACK has come meanwhile.
+func TestAcknowledgedOnceHandled(t *testing.T) {
+	h := newHarness(t)
+	b, _ := newTestBroker(t, h, false)
+	mustDo(t, h.svc.SetAuthority, ModeOffice365)
+	d := h.mqttEnroll(t, b, protocol.PlatformAndroid, "ada@contoso.example", "r-1")
+
+	decided, release := make(chan struct{}), make(chan struct{})
+	var releaseOnce sync.Once
+	unblock := func() { releaseOnce.Do(func() { close(release) }) }
+	t.Cleanup(unblock) // before the broker's Close, which waits for the connection
+	h.svc.testHookDecided = func() { close(decided); <-release }
+	id, _ := protocol.NewMessageID(h.rng)
+	msg, err := protocol.Encode(protocol.Envelope{ID: id, Sent: protocol.At(h.clock.Now()), Device: d.id,
+		Body: &protocol.CheckIn{Reason: protocol.CheckInScheduled, CertificateExpiry: protocol.At(testStart.AddDate(1, 0, 0))}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tok := d.c.Publish(protocol.UplinkTopic("contoso", d.id), 1, false, msg)
+	select {
+	case <-decided:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the check-in did not reach the service")
+	}
+	if tok.WaitTimeout(200 * time.Millisecond) {
+		t.Fatal("the check-in was acknowledged while the service was still handling it")
+	}
+	unblock()
+	if !tok.WaitTimeout(5*time.Second) || tok.Error() != nil {
+		t.Fatalf("the check-in was not acknowledged: %v", tok.Error())
+	}
+	rec, _, err := h.svc.Device(d.id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rec.LastMessage != id {
+		t.Errorf("acknowledged, but the device's last applied message is %v; want the check-in %v", rec.LastMessage, id)
+	}
+	if r, _ := receive[*protocol.CheckInResponse](t, d.msgs, protocol.DownlinkTopic("contoso", d.id)); r.Error != protocol.CodeNone {
+		t.Errorf("check-in answered with %s", r.Error)
 	}
 }
