@@ -107,6 +107,7 @@ func (h *authHook) OnPublishDropped(cl *mqtt.Client, pk packets.Packet) {
 // mochi's topic tree would only find the service again. The service
 // handles the message before mochi writes its PUBACK, in the goroutine
 // of the client's connection, as an inline subscription would after it.
+// mochi calls no later hook's OnPublish for a message this one takes.
 func (h *authHook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, error) {
 	if cl.Net.Inline {
 		return pk, nil

@@ -158,7 +158,18 @@ func (b *Broker) stopIfClosing(cl *mqtt.Client) {
 // client authenticates as on the plain-TCP listener: a device with its id
 // and connect token, an enrolling client with the enrollment token.
 func (b *Broker) Connect(conn net.Conn) error {
-	return b.server.EstablishConnection(memoryListener, conn)
+	return b.server.EstablishConnection(memoryListener, &sessionConn{Conn: conn})
+}
+
+// sessionConn is the broker's end of an in-process connection (Connect).
+// It counts the messages of its client that the service has taken (in
+// authHook.OnPublish), so that Session.Send can tell a message the
+// service took from one the broker refused when mochi reports an error:
+// the service takes a message before the broker acknowledges it, and the
+// session may end in between.
+type sessionConn struct {
+	net.Conn
+	taken atomic.Uint64
 }
 
 // ListenTLS serves MQTT over TLS on addr (host:port; port 0 picks one) with
@@ -219,6 +230,9 @@ func (b *Broker) serviceTopic(topic string) bool {
 // answers. A message the service drops is counted there and logged here,
 // at a bounded rate.
 func (b *Broker) onMessage(cl *mqtt.Client, pk packets.Packet) {
+	if sc, ok := cl.Net.Conn.(*sessionConn); ok {
+		sc.taken.Add(1)
+	}
 	out, err := b.svc.HandleMessage(context.Background(), pk.TopicName, pk.Payload)
 	if err != nil {
 		b.badInput.Warn("device message dropped", "client", cl.ID, "remote", cl.Net.Remote,

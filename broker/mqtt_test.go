@@ -582,9 +582,10 @@ func TestCloseStopsLateClients(t *testing.T) {
 }
 
 // TestAcknowledgedOnceHandled: the broker acknowledges a device's message
-// only once the service has handled it and published its answer, so a
-// PUBACK means the check-in is on record. The test holds the service in
-// the middle of a check-in and checks that no PUBACK has come meanwhile.
+// only once the service has handled it and queued its answer, so the
+// PUBACK of an applied check-in means it is on record. The test holds the
+// service in the middle of a check-in and checks that no PUBACK has come
+// meanwhile.
 func TestAcknowledgedOnceHandled(t *testing.T) {
 	h := newHarness(t)
 	b, _ := newTestBroker(t, h, false)

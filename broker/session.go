@@ -30,8 +30,9 @@ import (
 // a Session connects without one (keep-alive 0), as the simulator's
 // devices do.
 type Session struct {
-	b  *Broker
-	cl *mqtt.Client
+	b    *Broker
+	cl   *mqtt.Client
+	conn *sessionConn
 }
 
 // ErrNoSession means that no accepted session of that client id runs over
@@ -45,10 +46,14 @@ func (b *Broker) Session(clientID string, conn net.Conn) (*Session, error) {
 	cl, ok := b.server.Clients.Get(clientID)
 	// mochi's inline client (the service's own) has no connection: a
 	// session of it would skip the topic checks.
-	if !ok || conn == nil || cl.Net.Conn != conn || cl.Closed() {
+	if !ok || conn == nil || cl.Closed() {
 		return nil, fmt.Errorf("broker: client %s: %w", clientID, ErrNoSession)
 	}
-	return &Session{b: b, cl: cl}, nil
+	sc, ok := cl.Net.Conn.(*sessionConn)
+	if !ok || sc.Conn != conn {
+		return nil, fmt.Errorf("broker: client %s: %w", clientID, ErrNoSession)
+	}
+	return &Session{b: b, cl: cl, conn: sc}, nil
 }
 
 // Send hands the broker a packet from the session's client: a PUBLISH (at
@@ -63,7 +68,10 @@ func (b *Broker) Session(clientID string, conn net.Conn) (*Session, error) {
 // packets.ErrNotAuthorized and ends the session, as on a connection (at
 // QoS 0 it is dropped). Send fails with net.ErrClosed once the session has
 // ended (with mochi's ErrConnectionClosed when it ends meanwhile); a
-// PUBLISH that fails was not delivered. DISCONNECT ends the session as a
+// PUBLISH that fails was not delivered. The service takes a PUBLISH
+// before the broker acknowledges it: one the service took is delivered,
+// and Send returns nil for it even when the session ended before its
+// PUBACK could be written (the next Send reports the end). DISCONNECT ends the session as a
 // connection's DISCONNECT does, but mochi sees the connection close under
 // its reader and takes that for a dropped connection: a will, if the
 // client set one, is published.
@@ -84,7 +92,12 @@ func (s *Session) Send(pk packets.Packet) error {
 	if s.cl.Closed() {
 		return fmt.Errorf("broker: client %s: %w", s.cl.ID, net.ErrClosed)
 	}
-	return s.b.server.InjectPacket(s.cl, pk)
+	taken := s.conn.taken.Load()
+	err := s.b.server.InjectPacket(s.cl, pk)
+	if err != nil && s.conn.taken.Load() != taken {
+		return nil // delivered; the session ended before its PUBACK
+	}
+	return err
 }
 
 // publishSize is the size of an MQTT 3.1.1 PUBLISH on the wire, less its

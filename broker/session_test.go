@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	paho "github.com/eclipse/paho.mqtt.golang"
 	"github.com/mochi-mqtt/server/v2/packets"
 
 	"github.com/mdm-authority/mdm/protocol"
@@ -27,22 +28,7 @@ func TestSession(t *testing.T) {
 	if code != protocol.CodeNone {
 		t.Fatalf("enroll: %s", code)
 	}
-	user, password := credentialsOf(t, h, dev.id)
-	var mu sync.Mutex
-	var server net.Conn
-	c, msgs, err := pahoClientOver(t, func(conn net.Conn) {
-		mu.Lock()
-		server = conn
-		mu.Unlock()
-		b.Connect(conn)
-	}, dev.id, user, password)
-	if err != nil {
-		t.Fatal(err)
-	}
-	subscribe(t, c, protocol.DownlinkTopic("contoso", dev.id))
-	mu.Lock()
-	conn := server
-	mu.Unlock()
+	conn, msgs := connectInProcess(t, h, b, dev.id)
 
 	if _, err := b.Session(dev.id, &net.TCPConn{}); !errors.Is(err, ErrNoSession) {
 		t.Errorf("Session over another connection = %v; want ErrNoSession", err)
@@ -60,17 +46,7 @@ func TestSession(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	var packetID uint16
-	checkIn := func(topic string) packets.Packet {
-		packetID++
-		id, _ := protocol.NewMessageID(h.rng)
-		p, err := protocol.Encode(protocol.Envelope{ID: id, Sent: protocol.At(h.clock.Now()), Device: dev.id,
-			Body: &protocol.CheckIn{Reason: protocol.CheckInScheduled, CertificateExpiry: protocol.At(testStart.AddDate(1, 0, 0))}})
-		if err != nil {
-			t.Fatal(err)
-		}
-		return packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Publish, Qos: 1}, PacketID: 1000 + packetID, TopicName: topic, Payload: p}
-	}
+	checkIn := sessionCheckIns(t, h, dev.id)
 	uplink := protocol.UplinkTopic("contoso", dev.id)
 	if err := s.Send(checkIn(uplink)); err != nil {
 		t.Fatalf("Send check-in = %v", err)
@@ -122,6 +98,81 @@ func TestSession(t *testing.T) {
 		if time.Now().After(deadline) {
 			t.Fatal("the broker still holds the session 5 s after a refused publish")
 		}
+	}
+	if err := s.Send(checkIn(uplink)); !errors.Is(err, net.ErrClosed) {
+		t.Errorf("Send after the session ended = %v; want net.ErrClosed", err)
+	}
+}
+
+// connectInProcess connects a device with its connect token over a pipe
+// served by b.Connect and subscribes it to its downlink; it returns the
+// broker's end of the pipe and the device's messages.
+func connectInProcess(t *testing.T, h *harness, b *Broker, device string) (net.Conn, chan paho.Message) {
+	t.Helper()
+	user, password := credentialsOf(t, h, device)
+	var mu sync.Mutex
+	var server net.Conn
+	c, msgs, err := pahoClientOver(t, func(conn net.Conn) {
+		mu.Lock()
+		server = conn
+		mu.Unlock()
+		b.Connect(conn)
+	}, device, user, password)
+	if err != nil {
+		t.Fatal(err)
+	}
+	subscribe(t, c, protocol.DownlinkTopic("contoso", device))
+	mu.Lock()
+	defer mu.Unlock()
+	return server, msgs
+}
+
+// sessionCheckIns returns a function that makes a new QoS 1 check-in of
+// device as a PUBLISH to topic, for Session.Send.
+func sessionCheckIns(t *testing.T, h *harness, device string) func(topic string) packets.Packet {
+	var packetID uint16
+	return func(topic string) packets.Packet {
+		t.Helper()
+		packetID++
+		id, _ := protocol.NewMessageID(h.rng)
+		p, err := protocol.Encode(protocol.Envelope{ID: id, Sent: protocol.At(h.clock.Now()), Device: device,
+			Body: &protocol.CheckIn{Reason: protocol.CheckInScheduled, CertificateExpiry: protocol.At(testStart.AddDate(1, 0, 0))}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Publish, Qos: 1}, PacketID: 1000 + packetID, TopicName: topic, Payload: p}
+	}
+}
+
+// TestSessionEndsWhileServiceHandles ends a session while the service
+// handles a check-in sent through it: the broker then cannot acknowledge
+// the check-in, but the service has taken it, so Send reports it
+// delivered (a caller counting what is in flight must not count it
+// twice), and the next Send reports the end.
+func TestSessionEndsWhileServiceHandles(t *testing.T) {
+	h := newHarness(t)
+	b, _ := newTestBroker(t, h, false)
+	mustDo(t, h.svc.SetAuthority, ModeIntune)
+	dev, code := h.enroll(protocol.PlatformWindows, "ada@contoso.example")
+	if code != protocol.CodeNone {
+		t.Fatalf("enroll: %s", code)
+	}
+	conn, _ := connectInProcess(t, h, b, dev.id)
+	s, err := b.Session(dev.id, conn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	checkIn := sessionCheckIns(t, h, dev.id)
+	uplink := protocol.UplinkTopic("contoso", dev.id)
+
+	before := h.record(dev.id).CheckIns
+	var once sync.Once
+	h.svc.testHookDecided = func() { once.Do(func() { b.disconnect(dev.id) }) }
+	if err := s.Send(checkIn(uplink)); err != nil {
+		t.Errorf("Send of a check-in the service took, the session ending meanwhile = %v; want nil", err)
+	}
+	if got := h.record(dev.id).CheckIns; got != before+1 {
+		t.Errorf("the device's check-ins on record = %d; want %d", got, before+1)
 	}
 	if err := s.Send(checkIn(uplink)); !errors.Is(err, net.ErrClosed) {
 		t.Errorf("Send after the session ended = %v; want net.ErrClosed", err)
