@@ -71,10 +71,11 @@ func (b *Broker) Session(clientID string, conn net.Conn) (*Session, error) {
 // PUBLISH that fails was not delivered. The service takes a PUBLISH
 // before the broker acknowledges it: one the service took is delivered,
 // and Send returns nil for it even when the session ended before its
-// PUBACK could be written (the next Send reports the end). DISCONNECT ends the session as a
-// connection's DISCONNECT does, but mochi sees the connection close under
-// its reader and takes that for a dropped connection: a will, if the
-// client set one, is published.
+// PUBACK could be written (the next Send reports the end).
+//
+// DISCONNECT ends the session as a connection's DISCONNECT does, but
+// mochi sees the connection close under its reader and takes that for a
+// dropped connection: a will, if the client set one, is published.
 func (s *Session) Send(pk packets.Packet) error {
 	switch t := pk.FixedHeader.Type; {
 	case t == packets.Publish && pk.FixedHeader.Qos > 1:
