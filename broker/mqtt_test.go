@@ -598,11 +598,8 @@ func TestAcknowledgedOnceHandled(t *testing.T) {
 	t.Cleanup(unblock) // before the broker's Close, which waits for the connection
 	h.svc.testHookDecided = func() { close(decided); <-release }
 	id, _ := protocol.NewMessageID(h.rng)
-	msg, err := protocol.Encode(protocol.Envelope{ID: id, Sent: protocol.At(h.clock.Now()), Device: d.id,
-		Body: &protocol.CheckIn{Reason: protocol.CheckInScheduled, CertificateExpiry: protocol.At(testStart.AddDate(1, 0, 0))}})
-	if err != nil {
-		t.Fatal(err)
-	}
+	msg := encodeAt(t, d.id, id, h.clock.Now(),
+		&protocol.CheckIn{Reason: protocol.CheckInScheduled, CertificateExpiry: protocol.At(testStart.AddDate(1, 0, 0))})
 	tok := d.c.Publish(protocol.UplinkTopic("contoso", d.id), 1, false, msg)
 	select {
 	case <-decided:

@@ -135,11 +135,8 @@ func sessionCheckIns(t *testing.T, h *harness, device string) func(topic string)
 		t.Helper()
 		packetID++
 		id, _ := protocol.NewMessageID(h.rng)
-		p, err := protocol.Encode(protocol.Envelope{ID: id, Sent: protocol.At(h.clock.Now()), Device: device,
-			Body: &protocol.CheckIn{Reason: protocol.CheckInScheduled, CertificateExpiry: protocol.At(testStart.AddDate(1, 0, 0))}})
-		if err != nil {
-			t.Fatal(err)
-		}
+		p := encodeAt(t, device, id, h.clock.Now(),
+			&protocol.CheckIn{Reason: protocol.CheckInScheduled, CertificateExpiry: protocol.At(testStart.AddDate(1, 0, 0))})
 		return packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Publish, Qos: 1}, PacketID: 1000 + packetID, TopicName: topic, Payload: p}
 	}
 }
