@@ -238,8 +238,70 @@ func (b *Broker) onMessage(cl *mqtt.Client, pk packets.Packet) {
 		b.badInput.Warn("device message dropped", "client", cl.ID, "remote", cl.Net.Remote,
 			"topic", pk.TopicName, "bytes", len(pk.Payload), "reason", dropNames[dropReason(err)], "err", err)
 	}
-	b.publish(out)
+	for i := range out {
+		if !b.answer(cl, out[i]) {
+			b.publishShare(out[i : i+1])
+		}
+	}
 	b.track(-1)
+}
+
+// answer writes o, the service's answer to a message of cl, straight to
+// cl, in the goroutine that handles cl's message, where mochi writes the
+// message's PUBACK too: the answer then skips mochi's search of its topic
+// tree for subscribers, the copy for each, and the hand-over to the
+// client's writing goroutine. At 100,000 devices that search walks a
+// level of 100,000 device ids and builds several maps for every message.
+//
+// The result is what mochi's publishing would have done, so it is taken
+// only where that is plain. The topic has one possible reader: a device's
+// downlink or an enrolling client's answer topic may be read by the
+// client it names alone, with no wildcards (OnACLCheck), so the client's
+// own subscription to it is the only one. The client speaks MQTT 3.1.1
+// (no properties, topic aliases or flow-control quota) and holds that
+// subscription at QoS 1, the answer's QoS. And nothing sent to the client
+// is unacknowledged: whatever the broker has queued for a client it also
+// holds as in flight until the client acknowledges it, so an answer
+// written at once cannot overtake an earlier message, as MQTT's ordering
+// requires. Otherwise it reports false, and the caller publishes o
+// through mochi.
+//
+// As in mochi, the answer is held in flight until its PUBACK, with
+// mochi's expiry, and a write that fails (the connection closed under it)
+// is not reported: the session is ending.
+func (b *Broker) answer(cl *mqtt.Client, o Outgoing) bool {
+	if o.QoS != 1 || cl.Net.Inline || cl.Properties.ProtocolVersion >= 5 || cl.Closed() || cl.Net.Conn == nil {
+		return false
+	}
+	if sub, ok := cl.State.Subscriptions.Get(o.Topic); !ok || sub.Qos < 1 {
+		return false
+	}
+	if cl.State.Inflight.Len() > 0 {
+		return false
+	}
+	id, err := cl.NextPacketID()
+	if err != nil {
+		return false
+	}
+	pk := packets.Packet{
+		FixedHeader: packets.FixedHeader{Type: packets.Publish, Qos: 1},
+		TopicName:   o.Topic,
+		Payload:     o.Payload,
+		PacketID:    uint16(id),
+		Created:     time.Now().Unix(),
+	}
+	if e := b.server.Options.Capabilities.MaximumMessageExpiryInterval; e > 0 {
+		pk.Expiry = pk.Created + e
+	}
+	if cl.State.Inflight.Set(pk) {
+		atomic.AddInt64(&b.server.Info.Inflight, 1)
+		cl.State.Inflight.DecreaseSendQuota()
+	}
+	b.track(1) // before the write: the client may count it down in it
+	if err := cl.WritePacket(pk); err != nil {
+		b.log.Debug("answer not written", "client", cl.ID, "topic", o.Topic, "err", err)
+	}
+	return true
 }
 
 // publish publishes the service's messages. A large batch (a fan-out's) is

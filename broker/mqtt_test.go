@@ -99,8 +99,8 @@ func pahoClientAs(t *testing.T, b *Broker, clientID, user, password string) (pah
 }
 
 // pahoClientOver is pahoClientAs with the broker's end of the pipe served
-// by serve, in a goroutine of its own.
-func pahoClientOver(t *testing.T, serve func(net.Conn), clientID, user, password string) (paho.Client, chan paho.Message, error) {
+// by serve, in a goroutine of its own; tweaks change the client's options.
+func pahoClientOver(t *testing.T, serve func(net.Conn), clientID, user, password string, tweaks ...func(*paho.ClientOptions)) (paho.Client, chan paho.Message, error) {
 	t.Helper()
 	msgs := make(chan paho.Message, 16)
 	opts := paho.NewClientOptions().
@@ -118,6 +118,9 @@ func pahoClientOver(t *testing.T, serve func(net.Conn), clientID, user, password
 		})
 	if user != "" || password != "" {
 		opts.SetUsername(user).SetPassword(password)
+	}
+	for _, tweak := range tweaks {
+		tweak(opts)
 	}
 	c := paho.NewClient(opts)
 	tok := c.Connect()
@@ -623,4 +626,104 @@ func TestAcknowledgedOnceHandled(t *testing.T) {
 	if r, _ := receive[*protocol.CheckInResponse](t, d.msgs, protocol.DownlinkTopic("contoso", d.id)); r.Error != protocol.CodeNone {
 		t.Errorf("check-in answered with %s", r.Error)
 	}
+}
+
+// TestAnswerWrittenDirectly checks when the service's answer to a client
+// skips mochi's routing (Broker.answer): only to a client that holds the
+// answer's topic at QoS 1 and has nothing unacknowledged, so that an
+// answer never overtakes what the broker queued before it; and that it is
+// held in flight until the client acknowledges it, as mochi holds what it
+// routes.
+func TestAnswerWrittenDirectly(t *testing.T) {
+	h := newHarness(t)
+	b, _ := newTestBroker(t, h, false)
+	mustDo(t, h.svc.SetAuthority, ModeIntune)
+	d := h.mqttEnroll(t, b, protocol.PlatformWindows, "ada@contoso.example", "r-1")
+	d.c.Disconnect(50)
+	// The device again, acknowledging only when told to.
+	user, password := credentialsOf(t, h, d.id)
+	c, msgs, err := pahoClientOver(t, func(c net.Conn) { b.Connect(c) }, d.id, user, password,
+		func(o *paho.ClientOptions) { o.SetAutoAckDisabled(true) })
+	if err != nil {
+		t.Fatal(err)
+	}
+	downlink := protocol.DownlinkTopic("contoso", d.id)
+	subscribe(t, c, downlink)
+	cl, ok := b.server.Clients.Get(d.id)
+	if !ok {
+		t.Fatal("the device's client is not listed")
+	}
+	inFlight := func(want int, what string) {
+		t.Helper()
+		for deadline := time.Now().Add(5 * time.Second); cl.State.Inflight.Len() != want || atomic.LoadInt64(&b.server.Info.Inflight) != int64(want); {
+			if time.Now().After(deadline) {
+				t.Fatalf("%s: %d in flight for the client, %d in the broker; want %d", what,
+					cl.State.Inflight.Len(), atomic.LoadInt64(&b.server.Info.Inflight), want)
+			}
+			time.Sleep(time.Millisecond)
+		}
+	}
+	next := func(want string) paho.Message {
+		t.Helper()
+		select {
+		case m := <-msgs:
+			if m.Topic() != downlink || string(m.Payload()) != want || m.Qos() != 1 {
+				t.Fatalf("received %q on %s at QoS %d; want %q on %s at QoS 1", m.Payload(), m.Topic(), m.Qos(), want, downlink)
+			}
+			return m
+		case <-time.After(5 * time.Second):
+			t.Fatalf("%q not received", want)
+		}
+		return nil
+	}
+	inFlight(0, "connected") // the enrollment's answer was acknowledged
+
+	if !b.answer(cl, Outgoing{Topic: downlink, QoS: 1, Payload: []byte("first")}) {
+		t.Fatal("an answer to a client with nothing in flight was not written directly")
+	}
+	first := next("first")
+	inFlight(1, "the first answer, not yet acknowledged")
+
+	// The client has not acknowledged the first: a second answer goes
+	// through mochi, behind anything mochi queued.
+	if b.answer(cl, Outgoing{Topic: downlink, QoS: 1, Payload: []byte("second")}) {
+		t.Fatal("an answer was written directly while the client had one unacknowledged")
+	}
+	b.publishShare([]Outgoing{{Topic: downlink, QoS: 1, Payload: []byte("second")}})
+	second := next("second")
+	inFlight(2, "two answers, not yet acknowledged")
+	first.Ack()
+	second.Ack()
+	inFlight(0, "both acknowledged")
+
+	for _, c := range []struct {
+		name string
+		o    Outgoing
+	}{
+		{"QoS 0", Outgoing{Topic: downlink, QoS: 0, Payload: []byte("x")}},
+		{"a topic the client did not subscribe to", Outgoing{Topic: protocol.DownlinkTopic("contoso", "someone-else"), QoS: 1, Payload: []byte("x")}},
+	} {
+		if b.answer(cl, c.o) {
+			t.Errorf("%s: written directly; want it left to mochi", c.name)
+		}
+	}
+
+	// A client subscribed at QoS 0 gets its answers at QoS 0, from mochi.
+	e := h.mqttEnroll(t, b, protocol.PlatformAndroid, "bob@contoso.example", "r-2")
+	eDown := protocol.DownlinkTopic("contoso", e.id)
+	if tok := e.c.Subscribe(eDown, 0, nil); !tok.WaitTimeout(5*time.Second) || tok.Error() != nil {
+		t.Fatalf("subscribe at QoS 0: %v", tok.Error())
+	}
+	ecl, _ := b.server.Clients.Get(e.id)
+	if b.answer(ecl, Outgoing{Topic: eDown, QoS: 1, Payload: []byte("x")}) {
+		t.Error("an answer was written directly to a client subscribed at QoS 0")
+	}
+
+	// At QoS 1 again, a whole check-in: answered, and nothing stays in
+	// flight once the device acknowledged the answer.
+	subscribe(t, e.c, eDown)
+	if r := e.checkIn(); r.Error != protocol.CodeNone {
+		t.Errorf("check-in answered with %s", r.Error)
+	}
+	inFlight(0, "a check-in answered and acknowledged")
 }
