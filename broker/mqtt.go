@@ -157,8 +157,28 @@ func (b *Broker) stopIfClosing(cl *mqtt.Client) {
 // net.Pipe, until it closes. It blocks; run it in its own goroutine. The
 // client authenticates as on the plain-TCP listener: a device with its id
 // and connect token, an enrolling client with the enrollment token.
+//
+// A conn that implements ImmediateConn gets the service's pushes written
+// to it in the fan-out's goroutines (see ImmediateConn).
 func (b *Broker) Connect(conn net.Conn) error {
-	return b.server.EstablishConnection(memoryListener, &sessionConn{Conn: conn})
+	_, immediate := conn.(ImmediateConn)
+	return b.server.EstablishConnection(memoryListener, &sessionConn{Conn: conn, immediate: immediate})
+}
+
+// An ImmediateConn is an in-process connection (Connect) whose Write hands
+// what the broker writes to the client at once and never waits for the
+// client to read it, such as the simulator's, which handles each packet
+// within the call. The broker writes the service's pushes to such a
+// client itself, from the fan-out's goroutines, when mochi's routing would
+// deliver them the same way (see Broker.deliver), instead of queueing them
+// for the client's own writing goroutine. A connection whose Write may
+// wait for its reader (a pipe read at the client's pace, a network
+// socket) must not be one: a client slow to read would hold up the
+// fan-out to every other device.
+type ImmediateConn interface {
+	net.Conn
+	// WritesImmediately marks the connection; it is never called.
+	WritesImmediately()
 }
 
 // sessionConn is the broker's end of an in-process connection (Connect).
@@ -169,7 +189,8 @@ func (b *Broker) Connect(conn net.Conn) error {
 // session may end in between.
 type sessionConn struct {
 	net.Conn
-	taken atomic.Uint64
+	taken     atomic.Uint64
+	immediate bool // Conn is an ImmediateConn
 }
 
 // ListenTLS serves MQTT over TLS on addr (host:port; port 0 picks one) with
@@ -239,67 +260,73 @@ func (b *Broker) onMessage(cl *mqtt.Client, pk packets.Packet) {
 			"topic", pk.TopicName, "bytes", len(pk.Payload), "reason", dropNames[dropReason(err)], "err", err)
 	}
 	for i := range out {
-		if !b.answer(cl, out[i]) {
+		if !b.deliver(cl, out[i]) {
 			b.publishShare(out[i : i+1])
 		}
 	}
 	b.track(-1)
 }
 
-// answer writes o, the service's answer to a message of cl, straight to
-// cl, in the goroutine that handles cl's message, where mochi writes the
-// message's PUBACK too: the answer then skips mochi's search of its topic
-// tree for subscribers, the copy for each, and the hand-over to the
-// client's writing goroutine. At 100,000 devices that search walks a
-// level of 100,000 device ids and builds several maps for every message.
+// deliver writes o, a message of the service, straight to cl, the client
+// it is for, instead of publishing it through mochi: it then skips mochi's
+// search of its topic tree for subscribers, the copy for each, and the
+// hand-over to the client's writing goroutine. At 100,000 devices that
+// search walks a level of 100,000 device ids and builds several maps for
+// every message. It is called for the service's answer to a message of
+// cl, in the goroutine that handles that message, where mochi writes the
+// message's PUBACK too; and for a push to a client whose connection
+// writes at once (ImmediateConn), from the fan-out.
 //
-// The result is what mochi's publishing would have done, so it is taken
-// only where that is plain. The topic has one possible reader: a device's
+// The result is what mochi's routing would have done, so it is taken only
+// where that is plain. The topic has one possible reader: a device's
 // downlink or an enrolling client's answer topic may be read by the
 // client it names alone, with no wildcards (OnACLCheck), so the client's
 // own subscription to it is the only one. The client speaks MQTT 3.1.1
 // (no properties, topic aliases or flow-control quota) and holds that
-// subscription at QoS 1, the answer's QoS. And nothing sent to the client
-// is unacknowledged: whatever the broker has queued for a client it also
-// holds as in flight until the client acknowledges it, so an answer
-// written at once cannot overtake an earlier message, as MQTT's ordering
+// subscription at the message's QoS or above (QoS 0 for a push, 1 for an
+// answer), so mochi would not lower it. And nothing sent to the client is
+// unacknowledged: whatever mochi has queued for a client at QoS 1 it also
+// holds as in flight until the client acknowledges it, so a message
+// written at once cannot overtake an earlier one, as MQTT's ordering
 // requires. Otherwise it reports false, and the caller publishes o
 // through mochi.
 //
-// As in mochi, the answer is held in flight until its PUBACK, with
+// As in mochi, a QoS 1 message is held in flight until its PUBACK, with
 // mochi's expiry, and a write that fails (the connection closed under it)
 // is not reported: the session is ending.
-func (b *Broker) answer(cl *mqtt.Client, o Outgoing) bool {
-	if o.QoS != 1 || cl.Net.Inline || cl.Properties.ProtocolVersion >= 5 || cl.Closed() || cl.Net.Conn == nil {
+func (b *Broker) deliver(cl *mqtt.Client, o Outgoing) bool {
+	if o.QoS > 1 || cl.Net.Inline || cl.Properties.ProtocolVersion >= 5 || cl.Closed() || cl.Net.Conn == nil {
 		return false
 	}
-	if sub, ok := cl.State.Subscriptions.Get(o.Topic); !ok || sub.Qos < 1 {
+	if sub, ok := cl.State.Subscriptions.Get(o.Topic); !ok || sub.Qos < o.QoS {
 		return false
 	}
 	if cl.State.Inflight.Len() > 0 {
 		return false
 	}
-	id, err := cl.NextPacketID()
-	if err != nil {
-		return false
-	}
 	pk := packets.Packet{
-		FixedHeader: packets.FixedHeader{Type: packets.Publish, Qos: 1},
+		FixedHeader: packets.FixedHeader{Type: packets.Publish, Qos: o.QoS},
 		TopicName:   o.Topic,
 		Payload:     o.Payload,
-		PacketID:    uint16(id),
 		Created:     time.Now().Unix(),
 	}
 	if e := b.server.Options.Capabilities.MaximumMessageExpiryInterval; e > 0 {
 		pk.Expiry = pk.Created + e
 	}
-	if cl.State.Inflight.Set(pk) {
-		atomic.AddInt64(&b.server.Info.Inflight, 1)
-		cl.State.Inflight.DecreaseSendQuota()
+	if pk.FixedHeader.Qos > 0 {
+		id, err := cl.NextPacketID()
+		if err != nil {
+			return false
+		}
+		pk.PacketID = uint16(id)
+		if cl.State.Inflight.Set(pk) {
+			atomic.AddInt64(&b.server.Info.Inflight, 1)
+			cl.State.Inflight.DecreaseSendQuota()
+		}
 	}
 	b.track(1) // before the write: the client may count it down in it
 	if err := cl.WritePacket(pk); err != nil {
-		b.log.Debug("answer not written", "client", cl.ID, "topic", o.Topic, "err", err)
+		b.log.Debug("message not written", "client", cl.ID, "topic", o.Topic, "err", err)
 	}
 	return true
 }
@@ -313,10 +340,21 @@ func (b *Broker) publish(out []Outgoing) {
 	inShares(len(out), minShare, func(lo, hi int) { b.publishShare(out[lo:hi]) })
 }
 
+// publishShare publishes out in order. A message for a device or an
+// enrolling client that has no session at all, connected or kept, is
+// dropped: no client could read it (see deliver). One for a client whose
+// connection writes at once is written to it when deliver can.
 func (b *Broker) publishShare(out []Outgoing) {
 	t := b.tracker.Load()
 	for _, o := range out {
-		counted := t != nil && b.connected(o.Topic)
+		cl, named := b.reader(o.Topic)
+		if named && cl == nil {
+			continue
+		}
+		if cl != nil && writesAtOnce(cl) && b.deliver(cl, o) {
+			continue
+		}
+		counted := t != nil && cl != nil && !cl.Closed()
 		if counted {
 			(*t).Add(1)
 		}
@@ -358,18 +396,27 @@ func (b *Broker) Connected(clientID string) bool {
 	return ok && !cl.Closed()
 }
 
-// connected reports whether the client a downlink or enrollment answer
-// topic is for is connected.
-func (b *Broker) connected(topic string) bool {
+// reader returns the one client that may read a downlink or enrollment
+// answer topic (nil when it has no session), with named true; named is
+// false for any other topic.
+func (b *Broker) reader(topic string) (cl *mqtt.Client, named bool) {
 	t, err := protocol.ParseTopic(topic)
-	if err != nil {
-		return false
+	if err != nil || t.Tenant != b.svc.opts.Tenant || (t.Kind != protocol.TopicDownlink && t.Kind != protocol.TopicEnrollResponse) {
+		return nil, false
 	}
 	id := t.ID
 	if t.Kind == protocol.TopicEnrollResponse {
 		id = EnrollClientPrefix + id
 	}
-	return b.Connected(id)
+	cl, _ = b.server.Clients.Get(id)
+	return cl, true
+}
+
+// writesAtOnce reports whether cl is connected in process over an
+// ImmediateConn.
+func writesAtOnce(cl *mqtt.Client) bool {
+	sc, ok := cl.Net.Conn.(*sessionConn)
+	return ok && sc.immediate
 }
 
 // releaseTimeout bounds the wait of a connecting client for the earlier

@@ -1,10 +1,12 @@
 package broker
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"net"
 	"net/url"
+	"runtime"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -629,7 +631,7 @@ func TestAcknowledgedOnceHandled(t *testing.T) {
 }
 
 // TestAnswerWrittenDirectly checks when the service's answer to a client
-// skips mochi's routing (Broker.answer): only to a client that holds the
+// skips mochi's routing (Broker.deliver): only to a client that holds the
 // answer's topic at QoS 1 and has nothing unacknowledged, so that an
 // answer never overtakes what the broker queued before it; and that it is
 // held in flight until the client acknowledges it, as mochi holds what it
@@ -678,7 +680,7 @@ func TestAnswerWrittenDirectly(t *testing.T) {
 	}
 	inFlight(0, "connected") // the enrollment's answer was acknowledged
 
-	if !b.answer(cl, Outgoing{Topic: downlink, QoS: 1, Payload: []byte("first")}) {
+	if !b.deliver(cl, Outgoing{Topic: downlink, QoS: 1, Payload: []byte("first")}) {
 		t.Fatal("an answer to a client with nothing in flight was not written directly")
 	}
 	first := next("first")
@@ -686,7 +688,7 @@ func TestAnswerWrittenDirectly(t *testing.T) {
 
 	// The client has not acknowledged the first: a second answer goes
 	// through mochi, behind anything mochi queued.
-	if b.answer(cl, Outgoing{Topic: downlink, QoS: 1, Payload: []byte("second")}) {
+	if b.deliver(cl, Outgoing{Topic: downlink, QoS: 1, Payload: []byte("second")}) {
 		t.Fatal("an answer was written directly while the client had one unacknowledged")
 	}
 	b.publishShare([]Outgoing{{Topic: downlink, QoS: 1, Payload: []byte("second")}})
@@ -700,10 +702,10 @@ func TestAnswerWrittenDirectly(t *testing.T) {
 		name string
 		o    Outgoing
 	}{
-		{"QoS 0", Outgoing{Topic: downlink, QoS: 0, Payload: []byte("x")}},
+		{"QoS 2", Outgoing{Topic: downlink, QoS: 2, Payload: []byte("x")}},
 		{"a topic the client did not subscribe to", Outgoing{Topic: protocol.DownlinkTopic("contoso", "someone-else"), QoS: 1, Payload: []byte("x")}},
 	} {
-		if b.answer(cl, c.o) {
+		if b.deliver(cl, c.o) {
 			t.Errorf("%s: written directly; want it left to mochi", c.name)
 		}
 	}
@@ -715,7 +717,7 @@ func TestAnswerWrittenDirectly(t *testing.T) {
 		t.Fatalf("subscribe at QoS 0: %v", tok.Error())
 	}
 	ecl, _ := b.server.Clients.Get(e.id)
-	if b.answer(ecl, Outgoing{Topic: eDown, QoS: 1, Payload: []byte("x")}) {
+	if b.deliver(ecl, Outgoing{Topic: eDown, QoS: 1, Payload: []byte("x")}) {
 		t.Error("an answer was written directly to a client subscribed at QoS 0")
 	}
 
@@ -726,4 +728,82 @@ func TestAnswerWrittenDirectly(t *testing.T) {
 		t.Errorf("check-in answered with %s", r.Error)
 	}
 	inFlight(0, "a check-in answered and acknowledged")
+}
+
+// immediateConn is the broker's end of a test client's pipe, marked as
+// writing at once (ImmediateConn). It counts the PUBLISH packets the
+// broker wrote to it from mochi's writing goroutine of the client, and
+// from anywhere else.
+type immediateConn struct {
+	net.Conn
+	mu                sync.Mutex
+	queued, immediate int
+}
+
+func (c *immediateConn) WritesImmediately() {}
+
+func (c *immediateConn) Write(p []byte) (int, error) {
+	if len(p) > 0 && p[0]>>4 == packets.Publish {
+		stack := make([]byte, 64<<10)
+		stack = stack[:runtime.Stack(stack, false)]
+		c.mu.Lock()
+		if bytes.Contains(stack, []byte("(*Client).WriteLoop")) {
+			c.queued++
+		} else {
+			c.immediate++
+		}
+		c.mu.Unlock()
+	}
+	return c.Conn.Write(p)
+}
+
+func (c *immediateConn) counts() (queued, immediate int) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.queued, c.immediate
+}
+
+// TestFanOutDelivery checks how the fan-out's pushes reach devices: written
+// by the fan-out itself to a client whose connection writes at once,
+// routed by mochi to any other, and not published at all for a device
+// with no session, which no client could read.
+func TestFanOutDelivery(t *testing.T) {
+	h := newHarness(t)
+	b, _ := newTestBroker(t, h, false)
+	mustDo(t, h.svc.SetAuthority, ModeOffice365)
+	devs := h.mustEnrollN(3)
+	immediate, plain, absent := devs[0].id, devs[1].id, devs[2].id
+
+	var ic *immediateConn
+	connected := make(chan struct{})
+	user, password := credentialsOf(t, h, immediate)
+	ci, imsgs, err := pahoClientOver(t, func(c net.Conn) {
+		ic = &immediateConn{Conn: c}
+		close(connected)
+		b.Connect(ic)
+	}, immediate, user, password)
+	if err != nil {
+		t.Fatal(err)
+	}
+	<-connected
+	subscribe(t, ci, protocol.DownlinkTopic("contoso", immediate))
+	cp, pmsgs := pahoClient(t, h, b, plain)
+	subscribe(t, cp, protocol.DownlinkTopic("contoso", plain))
+
+	mustDo(t, h.svc.SetAuthority, ModeIntune)
+	routed := atomic.LoadInt64(&b.server.Info.MessagesReceived)
+	n, err := b.PublishDuePushes(10)
+	if err != nil || n != 3 {
+		t.Fatalf("PublishDuePushes = %d, %v; want 3 pushes", n, err)
+	}
+	receive[*protocol.Push](t, imsgs, protocol.DownlinkTopic("contoso", immediate))
+	receive[*protocol.Push](t, pmsgs, protocol.DownlinkTopic("contoso", plain))
+	if queued, direct := ic.counts(); queued != 0 || direct != 1 {
+		t.Errorf("pushes to the client that writes at once: %d from mochi's writing goroutine, %d written by the fan-out; want 0 and 1", queued, direct)
+	}
+	// mochi counts every message published through it: the push to the
+	// client connected plainly, and not the one to the absent device.
+	if got := atomic.LoadInt64(&b.server.Info.MessagesReceived) - routed; got != 1 {
+		t.Errorf("the fan-out published %d pushes through mochi; want 1 (to %s; none to %s, which has no session)", got, plain, absent)
+	}
 }

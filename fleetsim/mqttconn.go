@@ -206,6 +206,12 @@ func newDirectPipe() (net.Conn, *directConn) {
 	return client, &directConn{Conn: server}
 }
 
+// WritesImmediately marks the broker's end as a broker.ImmediateConn:
+// Write hands each packet to the device within the call, and never waits
+// (a message goes to the simulator's inbox, a PUBACK to the uplink's
+// queue), so the broker writes the fan-out's pushes here itself.
+func (d *directConn) WritesImmediately() {}
+
 // Write hands what the broker writes to the device's session.
 func (d *directConn) Write(p []byte) (int, error) {
 	if err := d.c.deliver(p); err != nil {
