@@ -41,10 +41,11 @@
 // answer goes straight back to the device in the same goroutine when
 // mochi's routing would deliver it the same way (Broker.deliver): the
 // device's own topic, which no other client may read, held at the
-// answer's QoS over MQTT 3.1.1, with nothing unacknowledged that the
-// answer could overtake. Pushes reach in-process clients whose connection
-// writes at once (ImmediateConn) the same way, from the fan-out; others
-// go through mochi, and a push for a device with no session is not
+// answer's QoS over MQTT 3.1 or 3.1.1, with nothing unacknowledged that
+// the answer could overtake. Pushes (QoS 0) reach in-process clients
+// whose connection writes at once (ImmediateConn) the same way, from the
+// fan-out, and all of them do, so none can overtake another; others go
+// through mochi, and a push for a device with no session is not
 // published, since no client could read it.
 //
 // Reconnections: mochi (v2.7.9) ends a clean session after its

@@ -90,6 +90,9 @@ func NewBroker(svc *Service, logger *slog.Logger) (*Broker, error) {
 		logger.Warn("broker: mochi's housekeeping stays at every second", "err", err)
 	}
 	b := &Broker{server: s, svc: svc, log: logger, badInput: newRateLog(logger, svc.opts.Clock)}
+	// The only hook: the service's messages reach devices without some of
+	// mochi's routing hooks (see deliver), so a hook that relies on them
+	// needs deliver turned off.
 	if err := s.AddHook(&authHook{svc: svc, log: newRateLog(logger, svc.opts.Clock), broker: b}, nil); err != nil {
 		return nil, fmt.Errorf("broker: %w", err)
 	}
@@ -269,31 +272,42 @@ func (b *Broker) onMessage(cl *mqtt.Client, pk packets.Packet) {
 
 // deliver writes o, a message of the service, straight to cl, the client
 // it is for, instead of publishing it through mochi: it then skips mochi's
-// search of its topic tree for subscribers, the copy for each, and the
-// hand-over to the client's writing goroutine. At 100,000 devices that
-// search walks a level of 100,000 device ids and builds several maps for
-// every message. It is called for the service's answer to a message of
-// cl, in the goroutine that handles that message, where mochi writes the
-// message's PUBACK too; and for a push to a client whose connection
-// writes at once (ImmediateConn), from the fan-out.
+// lookup of the topic's subscribers (at 100,000 devices, several maps
+// built and a subscriber list copied for every message, under the topic
+// tree's shared locks), the copy of the message for each subscriber, and
+// the hand-over to the client's writing goroutine. It is called for the
+// service's answer to a message of cl, in the goroutine that handles that
+// message, where mochi writes the message's PUBACK too; and for a push to
+// a client whose connection writes at once (ImmediateConn), from the
+// fan-out.
 //
-// The result is what mochi's routing would have done, so it is taken only
-// where that is plain. The topic has one possible reader: a device's
-// downlink or an enrolling client's answer topic may be read by the
-// client it names alone, with no wildcards (OnACLCheck), so the client's
-// own subscription to it is the only one. The client speaks MQTT 3.1.1
-// (no properties, topic aliases or flow-control quota) and holds that
-// subscription at the message's QoS or above (QoS 0 for a push, 1 for an
-// answer), so mochi would not lower it. And nothing sent to the client is
-// unacknowledged: whatever mochi has queued for a client at QoS 1 it also
-// holds as in flight until the client acknowledges it, so a message
-// written at once cannot overtake an earlier one, as MQTT's ordering
-// requires. Otherwise it reports false, and the caller publishes o
-// through mochi.
+// The client gets what mochi's routing would have given it, so deliver
+// acts only where that is plain. The topic has one possible reader: a
+// device's downlink or an enrolling client's answer topic may be read by
+// the client it names alone, with no wildcards (OnACLCheck), so the
+// client's own subscription to it is the only one. The client speaks
+// MQTT 3.1 or 3.1.1 (no properties, topic aliases or flow-control quota)
+// and holds that subscription at the message's QoS or above, so mochi
+// would not lower it. And the message cannot overtake one sent earlier on
+// the same topic at the same QoS, as MQTT's ordering requires: at QoS 1,
+// nothing sent to the client is unacknowledged (mochi holds whatever it
+// queues at QoS 1 as in flight until the client acknowledges it); QoS 0
+// messages (the pushes) are written here only to a client whose
+// connection writes at once, whose every QoS 0 message is then written
+// here, so none is queued in mochi. Otherwise it reports false, and the
+// caller publishes o through mochi. A QoS 1 answer may still reach a
+// client before a push mochi queued for it earlier, which MQTT allows
+// across QoS levels.
 //
 // As in mochi, a QoS 1 message is held in flight until its PUBACK, with
-// mochi's expiry, and a write that fails (the connection closed under it)
-// is not reported: the session is ending.
+// mochi's expiry, and the broker's counts of messages and bytes sent and
+// of messages in flight are kept. What is skipped is the routing's hooks
+// (the service's own OnPublish for the inline client, OnACLCheck again,
+// OnQosPublish, OnSelectSubscribers) and its count of messages received:
+// the only hook, authHook, passes inline messages through and provides no
+// other of them. A message whose write fails (the connection closed under
+// it) is not reported, as mochi's writing goroutine does not, and no
+// longer counted in flight for the tracker.
 func (b *Broker) deliver(cl *mqtt.Client, o Outgoing) bool {
 	if o.QoS > 1 || cl.Net.Inline || cl.Properties.ProtocolVersion >= 5 || cl.Closed() || cl.Net.Conn == nil {
 		return false
@@ -301,7 +315,10 @@ func (b *Broker) deliver(cl *mqtt.Client, o Outgoing) bool {
 	if sub, ok := cl.State.Subscriptions.Get(o.Topic); !ok || sub.Qos < o.QoS {
 		return false
 	}
-	if cl.State.Inflight.Len() > 0 {
+	if o.QoS == 0 && !writesAtOnce(cl) {
+		return false
+	}
+	if o.QoS == 1 && cl.State.Inflight.Len() > 0 {
 		return false
 	}
 	pk := packets.Packet{
@@ -326,6 +343,7 @@ func (b *Broker) deliver(cl *mqtt.Client, o Outgoing) bool {
 	}
 	b.track(1) // before the write: the client may count it down in it
 	if err := cl.WritePacket(pk); err != nil {
+		b.track(-1) // it did not arrive
 		b.log.Debug("message not written", "client", cl.ID, "topic", o.Topic, "err", err)
 	}
 	return true
@@ -494,8 +512,9 @@ func (b *Broker) disconnect(id string) {
 }
 
 // PublishDuePushes publishes up to max pushes that are due and returns
-// how many it published: one step of the fan-out, for a caller that runs
-// it on a clock of its own (the simulator's). RunFanOut runs it on ticks.
+// how many it sent (a push for a device with no session is sent, and
+// reaches no one): one step of the fan-out, for a caller that runs it on a
+// clock of its own (the simulator's). RunFanOut runs it on ticks.
 func (b *Broker) PublishDuePushes(max int) (int, error) {
 	out, err := b.svc.DuePushes(max)
 	if err != nil {

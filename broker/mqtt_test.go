@@ -644,11 +644,17 @@ func TestAnswerWrittenDirectly(t *testing.T) {
 	d.c.Disconnect(50)
 	// The device again, acknowledging only when told to.
 	user, password := credentialsOf(t, h, d.id)
-	c, msgs, err := pahoClientOver(t, func(c net.Conn) { b.Connect(c) }, d.id, user, password,
-		func(o *paho.ClientOptions) { o.SetAutoAckDisabled(true) })
+	var rc *recordingConn
+	connected := make(chan struct{})
+	c, msgs, err := pahoClientOver(t, func(c net.Conn) {
+		rc = &recordingConn{Conn: c}
+		close(connected)
+		b.Connect(rc)
+	}, d.id, user, password, func(o *paho.ClientOptions) { o.SetAutoAckDisabled(true) })
 	if err != nil {
 		t.Fatal(err)
 	}
+	<-connected
 	downlink := protocol.DownlinkTopic("contoso", d.id)
 	subscribe(t, c, downlink)
 	cl, ok := b.server.Clients.Get(d.id)
@@ -669,7 +675,7 @@ func TestAnswerWrittenDirectly(t *testing.T) {
 		t.Helper()
 		select {
 		case m := <-msgs:
-			if m.Topic() != downlink || string(m.Payload()) != want || m.Qos() != 1 {
+			if m.Topic() != downlink || (want != "" && string(m.Payload()) != want) || m.Qos() != 1 {
 				t.Fatalf("received %q on %s at QoS %d; want %q on %s at QoS 1", m.Payload(), m.Topic(), m.Qos(), want, downlink)
 			}
 			return m
@@ -703,12 +709,22 @@ func TestAnswerWrittenDirectly(t *testing.T) {
 		o    Outgoing
 	}{
 		{"QoS 2", Outgoing{Topic: downlink, QoS: 2, Payload: []byte("x")}},
+		{"QoS 0, to a client whose connection does not write at once", Outgoing{Topic: downlink, QoS: 0, Payload: []byte("x")}},
 		{"a topic the client did not subscribe to", Outgoing{Topic: protocol.DownlinkTopic("contoso", "someone-else"), QoS: 1, Payload: []byte("x")}},
 	} {
 		if b.deliver(cl, c.o) {
 			t.Errorf("%s: written directly; want it left to mochi", c.name)
 		}
 	}
+
+	// Its own topic, once it has unsubscribed.
+	if tok := c.Unsubscribe(downlink); !tok.WaitTimeout(5*time.Second) || tok.Error() != nil {
+		t.Fatalf("unsubscribe: %v", tok.Error())
+	}
+	if b.deliver(cl, Outgoing{Topic: downlink, QoS: 1, Payload: []byte("x")}) {
+		t.Error("an answer was written directly to a client no longer subscribed to its topic")
+	}
+	subscribe(t, c, downlink)
 
 	// A client subscribed at QoS 0 gets its answers at QoS 0, from mochi.
 	e := h.mqttEnroll(t, b, protocol.PlatformAndroid, "bob@contoso.example", "r-2")
@@ -721,28 +737,36 @@ func TestAnswerWrittenDirectly(t *testing.T) {
 		t.Error("an answer was written directly to a client subscribed at QoS 0")
 	}
 
-	// At QoS 1 again, a whole check-in: answered, and nothing stays in
-	// flight once the device acknowledged the answer.
-	subscribe(t, e.c, eDown)
-	if r := e.checkIn(); r.Error != protocol.CodeNone {
-		t.Errorf("check-in answered with %s", r.Error)
+	// A whole check-in: the broker hands it to the service, which
+	// answers; the answer is written straight to the device, not from
+	// mochi's writing goroutine, and nothing stays in flight once the
+	// device has acknowledged it.
+	queued, direct := rc.counts()
+	publish(t, h, c, protocol.UplinkTopic("contoso", d.id), d.id, &protocol.CheckIn{
+		Reason: protocol.CheckInScheduled, CertificateExpiry: protocol.At(testStart.AddDate(1, 0, 0))})
+	m := next("")
+	if env, err := protocol.Decode(m.Payload()); err != nil {
+		t.Fatal(err)
+	} else if r, ok := env.Body.(*protocol.CheckInResponse); !ok || r.Error != protocol.CodeNone {
+		t.Errorf("check-in answered with %v", env.Body)
 	}
+	if q, i := rc.counts(); q != queued || i != direct+1 {
+		t.Errorf("the check-in's answer: %d from mochi's writing goroutine, %d written at once; want 0 and 1", q-queued, i-direct)
+	}
+	m.Ack()
 	inFlight(0, "a check-in answered and acknowledged")
 }
 
-// immediateConn is the broker's end of a test client's pipe, marked as
-// writing at once (ImmediateConn). It counts the PUBLISH packets the
-// broker wrote to it from mochi's writing goroutine of the client, and
-// from anywhere else.
-type immediateConn struct {
+// recordingConn is the broker's end of a test client's pipe. It counts the
+// PUBLISH packets the broker wrote to it from mochi's writing goroutine of
+// the client (queued), and from anywhere else (written at once).
+type recordingConn struct {
 	net.Conn
 	mu                sync.Mutex
 	queued, immediate int
 }
 
-func (c *immediateConn) WritesImmediately() {}
-
-func (c *immediateConn) Write(p []byte) (int, error) {
+func (c *recordingConn) Write(p []byte) (int, error) {
 	if len(p) > 0 && p[0]>>4 == packets.Publish {
 		stack := make([]byte, 64<<10)
 		stack = stack[:runtime.Stack(stack, false)]
@@ -757,11 +781,18 @@ func (c *immediateConn) Write(p []byte) (int, error) {
 	return c.Conn.Write(p)
 }
 
-func (c *immediateConn) counts() (queued, immediate int) {
+func (c *recordingConn) counts() (queued, immediate int) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	return c.queued, c.immediate
 }
+
+// immediateConn is a recordingConn marked as writing at once
+// (ImmediateConn). Over net.Pipe a write waits for the client to read it,
+// which the mark says it never does; the test's clients read at once.
+type immediateConn struct{ recordingConn }
+
+func (c *immediateConn) WritesImmediately() {}
 
 // TestFanOutDelivery checks how the fan-out's pushes reach devices: written
 // by the fan-out itself to a client whose connection writes at once,
@@ -778,7 +809,7 @@ func TestFanOutDelivery(t *testing.T) {
 	connected := make(chan struct{})
 	user, password := credentialsOf(t, h, immediate)
 	ci, imsgs, err := pahoClientOver(t, func(c net.Conn) {
-		ic = &immediateConn{Conn: c}
+		ic = &immediateConn{recordingConn{Conn: c}}
 		close(connected)
 		b.Connect(ic)
 	}, immediate, user, password)
@@ -791,6 +822,13 @@ func TestFanOutDelivery(t *testing.T) {
 	subscribe(t, cp, protocol.DownlinkTopic("contoso", plain))
 
 	mustDo(t, h.svc.SetAuthority, ModeIntune)
+	// A QoS 1 message the client has not acknowledged does not hold up a
+	// push (QoS 0): every push to that client is written at once, so none
+	// waits in mochi's queue for a later one to overtake.
+	icl, _ := b.server.Clients.Get(immediate)
+	icl.State.Inflight.Set(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Publish, Qos: 1}, PacketID: 60000,
+		TopicName: protocol.DownlinkTopic("contoso", immediate)})
+	defer icl.State.Inflight.Delete(60000)
 	routed := atomic.LoadInt64(&b.server.Info.MessagesReceived)
 	n, err := b.PublishDuePushes(10)
 	if err != nil || n != 3 {

@@ -18,11 +18,12 @@
 // (memPipe). Through it go CONNECT with its credentials and SUBSCRIBE to
 // its own topic, both checked by the broker as on any connection. What the
 // broker writes is decoded and handed to the device in the goroutine that
-// writes it (directConn, a broker.ImmediateConn): the service's answer in
-// the goroutine that handled the device's message, a push in the
-// fan-out's, each written there by the broker itself instead of queued
-// for mochi's writing goroutine of the client; and what the device sends after its
-// handshake (PUBLISH, PUBACK, DISCONNECT) goes to the broker as decoded
+// writes it (directConn, a broker.ImmediateConn). The broker writes the
+// service's answer itself, when MQTT's rules let it, in the goroutine
+// that handled the device's message, and a push in the fan-out's,
+// instead of queueing them for mochi's writing goroutine of the client.
+// What the device sends after its handshake (PUBLISH, PUBACK,
+// DISCONNECT) goes to the broker as decoded
 // packets under the client it authenticated as (broker.Session), through
 // an uplink: 64 shared queue goroutines, each handing the broker one
 // packet at a time, a session's packets in order. The broker checks topic

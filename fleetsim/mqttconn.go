@@ -188,8 +188,9 @@ func dialMQTT(nc net.Conn, o mqttOptions) (*mqttConn, error) {
 // reader goroutine on the device's side. The broker reads what the device
 // writes from a memPipe, as usual; what the broker writes is decoded and
 // handled by the device's session at once, in the broker's goroutine that
-// writes it (for the service's answers and pushes, the goroutine that
-// made them: see WritesImmediately). A simulated device then needs no
+// writes it (for the service's answers and pushes, when the broker can,
+// the goroutine that made them: see WritesImmediately). A simulated
+// device then needs no
 // goroutine of its own, and a message reaches it without a hand-over
 // between goroutines. mochi serialises a client's writes, so deliver is
 // never called twice at once.
