@@ -352,7 +352,8 @@ func (b *Broker) deliver(cl *mqtt.Client, o Outgoing) bool {
 // publish publishes the service's messages. A large batch (a fan-out's) is
 // published in shares, one goroutine per core: each push goes to another
 // device, so their order does not matter, and finding a device's session
-// in the broker's topic tree costs more than the rest. A device's answers
+// in the broker's topic tree, or writing to a connection that writes at
+// once, costs more than the rest. A device's answers
 // (a message or two) are published in order.
 func (b *Broker) publish(out []Outgoing) {
 	inShares(len(out), minShare, func(lo, hi int) { b.publishShare(out[lo:hi]) })

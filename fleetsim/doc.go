@@ -23,19 +23,19 @@
 // that handled the device's message, and a push in the fan-out's,
 // instead of queueing them for mochi's writing goroutine of the client.
 // What the device sends after its handshake (PUBLISH, PUBACK,
-// DISCONNECT) goes to the broker as decoded
-// packets under the client it authenticated as (broker.Session), through
-// an uplink: 64 shared queue goroutines, each handing the broker one
-// packet at a time, a session's packets in order. The broker checks topic
-// access for each packet as for one read from a connection, and the
-// service handles a check-in in the queue's goroutine, so up to 64 share a
-// store commit. The broker's goroutine that reads the pipe then waits,
-// idle, on a small stack: at 100,000 devices at most 690 MiB of goroutine
-// stacks at any collection, against 2 to 3.7 GiB when those goroutines ran
-// the service. Over the network a session has one goroutine, the reader,
-// and writes every packet; Config.Wire makes an in-process session write
-// every packet too, so that the broker's reading of each is part of the
-// load, with the same figures.
+// DISCONNECT) goes to the broker as decoded packets under the client it
+// authenticated as (broker.Session), through an uplink: 64 shared queue
+// goroutines, each handing the broker one packet at a time, a session's
+// packets in order. The broker checks topic access for each packet as for
+// one read from a connection, and the service handles a check-in in the
+// queue's goroutine, so up to 64 share a store commit. The broker's
+// goroutine that reads the pipe then waits, idle, on a small stack: at
+// 100,000 devices at most 690 MiB of goroutine stacks at any collection,
+// against 2 to 3.7 GiB when those goroutines ran the service. Over the
+// network a session has one goroutine, the reader, and writes every
+// packet; Config.Wire makes an in-process session write every packet
+// too, so that the broker's reading of each is part of the load, with
+// the same figures.
 //
 // What the timeline samples (devices by authority, retained profiles,
 // devices with a redundant pair or a gap) is counted as each device's

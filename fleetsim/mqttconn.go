@@ -190,10 +190,9 @@ func dialMQTT(nc net.Conn, o mqttOptions) (*mqttConn, error) {
 // handled by the device's session at once, in the broker's goroutine that
 // writes it (for the service's answers and pushes, when the broker can,
 // the goroutine that made them: see WritesImmediately). A simulated
-// device then needs no
-// goroutine of its own, and a message reaches it without a hand-over
-// between goroutines. mochi serialises a client's writes, so deliver is
-// never called twice at once.
+// device then needs no goroutine of its own, and a message reaches it
+// without a hand-over between goroutines. mochi serialises a client's
+// writes, so deliver is never called twice at once.
 type directConn struct {
 	net.Conn // the pipe's broker end: Read, addresses, deadlines
 	c        *mqttConn
