@@ -726,15 +726,18 @@ func TestAnswerWrittenDirectly(t *testing.T) {
 	}
 	subscribe(t, c, downlink)
 
-	// A client subscribed at QoS 0 gets its answers at QoS 0, from mochi.
+	// QoS 2, even to a client subscribed at QoS 2, is left to mochi; a
+	// client subscribed at QoS 0 gets its answers at QoS 0, from mochi.
 	e := h.mqttEnroll(t, b, protocol.PlatformAndroid, "bob@contoso.example", "r-2")
 	eDown := protocol.DownlinkTopic("contoso", e.id)
-	if tok := e.c.Subscribe(eDown, 0, nil); !tok.WaitTimeout(5*time.Second) || tok.Error() != nil {
-		t.Fatalf("subscribe at QoS 0: %v", tok.Error())
-	}
 	ecl, _ := b.server.Clients.Get(e.id)
-	if b.deliver(ecl, Outgoing{Topic: eDown, QoS: 1, Payload: []byte("x")}) {
-		t.Error("an answer was written directly to a client subscribed at QoS 0")
+	for _, c := range []struct{ sub, qos byte }{{2, 2}, {0, 1}} {
+		if tok := e.c.Subscribe(eDown, c.sub, nil); !tok.WaitTimeout(5*time.Second) || tok.Error() != nil {
+			t.Fatalf("subscribe at QoS %d: %v", c.sub, tok.Error())
+		}
+		if b.deliver(ecl, Outgoing{Topic: eDown, QoS: c.qos, Payload: []byte("x")}) {
+			t.Errorf("a message at QoS %d was written directly to a client subscribed at QoS %d", c.qos, c.sub)
+		}
 	}
 
 	// A whole check-in: the broker hands it to the service, which
