@@ -305,14 +305,19 @@ func (h *authHook) allowed(cl *mqtt.Client, topic string, write bool) bool {
 		return false
 	}
 	switch t.Kind {
-	case protocol.TopicUplink:
-		return write && cl.ID == t.ID
-	case protocol.TopicDownlink:
-		return !write && cl.ID == t.ID
-	case protocol.TopicEnrollRequest:
-		return write && cl.ID == EnrollClientPrefix+t.ID
-	case protocol.TopicEnrollResponse:
-		return !write && cl.ID == EnrollClientPrefix+t.ID
+	case protocol.TopicUplink, protocol.TopicEnrollRequest:
+		return write && cl.ID == topicClient(t)
+	case protocol.TopicDownlink, protocol.TopicEnrollResponse:
+		return !write && cl.ID == topicClient(t)
 	}
 	return false
+}
+
+// topicClient is the id of the one client that may use a topic of the
+// scheme: the device itself, or the enrolling client of the request.
+func topicClient(t protocol.Topic) string {
+	if t.Kind == protocol.TopicEnrollRequest || t.Kind == protocol.TopicEnrollResponse {
+		return EnrollClientPrefix + t.ID
+	}
+	return t.ID
 }

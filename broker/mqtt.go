@@ -262,9 +262,9 @@ func (b *Broker) onMessage(cl *mqtt.Client, pk packets.Packet) {
 		b.badInput.Warn("device message dropped", "client", cl.ID, "remote", cl.Net.Remote,
 			"topic", pk.TopicName, "bytes", len(pk.Payload), "reason", dropNames[dropReason(err)], "err", err)
 	}
-	for i := range out {
-		if !b.deliver(cl, out[i]) {
-			b.publishShare(out[i : i+1])
+	for _, o := range out {
+		if !b.deliver(cl, o) {
+			b.route(o, cl)
 		}
 	}
 	b.track(-1)
@@ -364,7 +364,6 @@ func (b *Broker) publish(out []Outgoing) {
 // dropped: no client could read it (see deliver). One for a client whose
 // connection writes at once is written to it when deliver can.
 func (b *Broker) publishShare(out []Outgoing) {
-	t := b.tracker.Load()
 	for _, o := range out {
 		cl, named := b.reader(o.Topic)
 		if named && cl == nil {
@@ -373,15 +372,21 @@ func (b *Broker) publishShare(out []Outgoing) {
 		if cl != nil && writesAtOnce(cl) && b.deliver(cl, o) {
 			continue
 		}
-		counted := t != nil && cl != nil && !cl.Closed()
+		b.route(o, cl)
+	}
+}
+
+// route publishes o through mochi's routing. It is counted for the
+// tracker when cl, the client that may read it, is connected.
+func (b *Broker) route(o Outgoing, cl *mqtt.Client) {
+	counted := cl != nil && !cl.Closed()
+	if counted {
+		b.track(1)
+	}
+	if err := b.server.Publish(o.Topic, o.Payload, false, o.QoS); err != nil {
+		b.log.Warn("publish failed", "topic", o.Topic, "err", err)
 		if counted {
-			(*t).Add(1)
-		}
-		if err := b.server.Publish(o.Topic, o.Payload, false, o.QoS); err != nil {
-			b.log.Warn("publish failed", "topic", o.Topic, "err", err)
-			if counted {
-				(*t).Add(-1) // it will not arrive
-			}
+			b.track(-1) // it will not arrive
 		}
 	}
 }
@@ -423,11 +428,7 @@ func (b *Broker) reader(topic string) (cl *mqtt.Client, named bool) {
 	if err != nil || t.Tenant != b.svc.opts.Tenant || (t.Kind != protocol.TopicDownlink && t.Kind != protocol.TopicEnrollResponse) {
 		return nil, false
 	}
-	id := t.ID
-	if t.Kind == protocol.TopicEnrollResponse {
-		id = EnrollClientPrefix + id
-	}
-	cl, _ = b.server.Clients.Get(id)
+	cl, _ = b.server.Clients.Get(topicClient(t))
 	return cl, true
 }
 
