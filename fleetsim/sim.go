@@ -284,6 +284,11 @@ func newSim(cfg Config) (*sim, error) {
 	}
 	s := &sim{cfg: cfg, sc: cfg.Scenario, clock: &Clock{now: virtualStart}, work: newWork(), canary: -1, realStart: time.Now(),
 		tenant: "contoso", start: virtualStart, retryRand: mrand.New(mrand.NewPCG(cfg.Seed, 0x7265747279))}
+	// The timers are about two a device, and more while the wake-ups that
+	// check-ins replace wait for their time to be dropped: room for them
+	// at the start spares the loop copying a heap of a few hundred
+	// thousand timers as it grows.
+	s.timers.h = make([]event, 0, 2*cfg.Devices+64)
 	s.main, s.laneMin = &lane{st: &s.stats}, minLaneMessages
 	for range roundLanes() {
 		s.lanes = append(s.lanes, newDeferredLane())
