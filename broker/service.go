@@ -302,14 +302,10 @@ func (s *Service) DuePushes(max int) ([]Outgoing, error) {
 	}
 	now := s.opts.Clock.Now()
 	t := s.Tenant()
-	// The due devices' records are read here and decoded on every core;
+	// The due devices' records are read and decoded here, on every core;
 	// the write transaction takes those that are unchanged.
 	read := map[string]*deviceRead{}
-	var due bool
-	if err := s.store.View(func(tx *Tx) error {
-		due = tx.readDuePushes(now, max, &s.answered, read)
-		return nil
-	}); err != nil || !due {
+	if due, err := s.store.readDuePushes(now, max, &s.answered, read); err != nil || !due {
 		return nil, err // nothing due: no write transaction
 	}
 	var out []Outgoing

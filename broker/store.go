@@ -338,16 +338,6 @@ func (r *deviceRead) decode() {
 	}
 }
 
-// decodeReads decodes records read outside a write transaction, in shares
-// on up to one goroutine per core.
-func decodeReads(rs []*deviceRead) {
-	inShares(len(rs), minShare, func(lo, hi int) {
-		for _, r := range rs[lo:hi] {
-			r.decode()
-		}
-	})
-}
-
 // inShares calls fn on consecutive shares [lo, hi) of n items, at once,
 // on up to one goroutine per core, each share at least minShare items
 // long; with fewer items it calls fn once on the caller's goroutine.
@@ -562,11 +552,21 @@ func (tx *Tx) queuePush(d *Device, at time.Time, sends int) error {
 }
 
 // due yields the queue entries due at now, current or not, oldest first.
-func (tx *Tx) due(now time.Time) iter.Seq[pushEntry] {
+func (tx *Tx) due(now time.Time) iter.Seq[pushEntry] { return tx.dueAfter(now, nil) }
+
+// dueAfter is due from the first entry whose key comes after after; from
+// the first entry when after is nil.
+func (tx *Tx) dueAfter(now time.Time, after []byte) iter.Seq[pushEntry] {
 	return func(yield func(pushEntry) bool) {
 		c := tx.tx.Bucket(bucketPushes).Cursor()
 		limit := now.UnixNano()
-		for k, v := c.First(); k != nil; k, v = c.Next() {
+		k, v := c.First()
+		if after != nil {
+			if k, v = c.Seek(after); bytes.Equal(k, after) {
+				k, v = c.Next()
+			}
+		}
+		for ; k != nil; k, v = c.Next() {
 			e, ok := readPushEntry(k, v)
 			if !ok {
 				continue // not an entry; nothing writes one
@@ -617,44 +617,81 @@ func (tx *Tx) takeDue(now time.Time, batch int) iter.Seq2[pushEntry, error] {
 }
 
 // readDuePushes reads into read, by device id, the records of the devices
-// of due queue entries, and decodes them on every core: in rounds, until
-// it has read max entries that are current, or every due one. Entries of
-// pushes their devices have answered (answeredPushes) are passed over
-// unread. It reports whether any entry is due.
-func (tx *Tx) readDuePushes(now time.Time, max int, answered *answeredPushes, read map[string]*deviceRead) bool {
+// of due queue entries, decoded: in rounds, until it has read max entries
+// that are current, or every due one. Entries of pushes their devices have
+// answered (answeredPushes) are passed over unread. It reports whether any
+// entry is due.
+//
+// Each round walks the queue in one read transaction and then reads the
+// records on every core (readDevices): finding a record in the devices'
+// tree and copying it is, after decoding it, most of the work, and the
+// write transaction that follows runs alone. The write transaction takes a
+// record only while it is unchanged (Tx.deviceFrom), so the reads need not
+// share one snapshot.
+func (s *Store) readDuePushes(now time.Time, max int, answered *answeredPushes, read map[string]*deviceRead) (bool, error) {
 	due, current := false, 0
+	var after []byte // the last entry walked
 	var round []pushEntry
-	var reads []*deviceRead
-	decode := func() {
-		decodeReads(reads)
+	var ids []string // the round's devices not read before
+	for {
+		round, ids = round[:0], ids[:0]
+		full := false
+		err := s.View(func(tx *Tx) error {
+			for e := range tx.dueAfter(now, after) {
+				due, after = true, e.key
+				if answered.stale(&e) {
+					continue
+				}
+				round = append(round, e)
+				if _, seen := read[e.device]; !seen {
+					read[e.device] = nil // read below
+					ids = append(ids, e.device)
+				}
+				if len(round) >= max-current {
+					full = true
+					break
+				}
+			}
+			return nil
+		})
+		if err != nil {
+			return due, err
+		}
+		for i, r := range s.readDevices(ids) {
+			if r != nil {
+				read[ids[i]] = r
+			} else {
+				delete(read, ids[i]) // no record
+			}
+		}
 		for i := range round {
 			if r := read[round[i].device]; r != nil && round[i].current(r.d) {
 				current++
 			}
 		}
-		round, reads = round[:0], reads[:0]
-	}
-	for e := range tx.due(now) {
-		due = true
-		if answered.stale(&e) {
-			continue
+		if !full || current >= max {
+			return due, nil
 		}
-		round = append(round, e)
-		if _, seen := read[e.device]; !seen {
-			if r := tx.readDevice(e.device); r != nil {
-				read[e.device] = r
-				reads = append(reads, r)
+	}
+}
+
+// readDevices reads and decodes the records of the devices ids outside a
+// write transaction, in shares on up to one goroutine per core, each in
+// its own read transaction; nil for a device with no record.
+func (s *Store) readDevices(ids []string) []*deviceRead {
+	reads := make([]*deviceRead, len(ids))
+	inShares(len(ids), minShare, func(lo, hi int) {
+		_ = s.View(func(tx *Tx) error {
+			for i := lo; i < hi; i++ {
+				if r := tx.readDevice(ids[i]); r != nil {
+					r.decode()
+					reads[i] = r
+				}
 			}
-		}
-		if len(round) < max-current {
-			continue
-		}
-		if decode(); current >= max {
-			return true
-		}
-	}
-	decode()
-	return due
+			return nil
+		})
+	})
+	return reads
 }
 
 // answeredPushes remembers, by device, the generation of the last push

@@ -7,6 +7,7 @@ import (
 	"runtime"
 	"sync"
 	"testing"
+	"time"
 )
 
 // TestVolatileGroupCommit runs many concurrent Batch calls on a volatile
@@ -78,22 +79,21 @@ func TestDeviceFrom(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	// As the fan-out reads: in one transaction, decoded in shares after.
+	// As the fan-out reads: in shares, each in its own transaction.
 	read := map[string]*deviceRead{}
-	var reads []*deviceRead
-	s.View(func(tx *Tx) error {
-		for _, id := range append(ids, "missing") {
-			if r := tx.readDevice(id); r != nil {
-				read[id] = r
-				reads = append(reads, r)
-			}
+	want := append(ids, "missing")
+	reads := s.readDevices(want)
+	if len(reads) != len(want) {
+		t.Fatalf("readDevices returned %d reads for %d ids", len(reads), len(want))
+	}
+	for i, r := range reads {
+		if r != nil {
+			read[want[i]] = r
 		}
-		return nil
-	})
+	}
 	if _, ok := read["missing"]; ok || len(read) != len(ids) {
 		t.Fatalf("read %d records, missing one listed: %v; want %d, and no entry for it", len(read), ok, len(ids))
 	}
-	decodeReads(reads)
 	// As a check-in reads: one record.
 	if r := s.readDevice(ids[1]); r == nil || r.d == nil || r.d.User != "user1" {
 		t.Fatalf("readDevice(%s) = %+v; want its record decoded", ids[1], r)
@@ -167,5 +167,89 @@ func TestInShares(t *testing.T) {
 		if want := min(runtime.GOMAXPROCS(0), max(1, n/minShare)); n > 0 && calls != want {
 			t.Errorf("n=%d: %d shares; want %d", n, calls, want)
 		}
+	}
+}
+
+// TestReadDuePushes: the fan-out's reads go on, round after round, past
+// entries that are not current until they have read max current ones; they
+// pass over answered pushes, devices without a record and entries not yet
+// due.
+func TestReadDuePushes(t *testing.T) {
+	s, err := OpenStore(filepath.Join(t.TempDir(), "mdm.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	now := time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
+	owed := PushState{Pending: true, Gen: 10}
+	var current []string
+	err = s.Update(func(tx *Tx) error {
+		queue := func(d *Device, at time.Time, record bool) error {
+			if record {
+				if err := tx.PutDevice(d); err != nil {
+					return err
+				}
+			}
+			return tx.queuePush(d, at, 0)
+		}
+		// In the queue's order: five entries whose devices owe nothing,
+		// one of a device with no record, one of an answered push, then
+		// the current ones, and one not due yet.
+		for i := range 5 {
+			if err := queue(&Device{ID: fmt.Sprintf("stale-%d", i), Push: PushState{Gen: 10}}, now.Add(-time.Hour), true); err != nil {
+				return err
+			}
+		}
+		if err := queue(&Device{ID: "gone", Push: owed}, now.Add(-50*time.Minute), false); err != nil {
+			return err
+		}
+		if err := queue(&Device{ID: "answered", Push: owed}, now.Add(-40*time.Minute), true); err != nil {
+			return err
+		}
+		for i := range 3 * minShare {
+			current = append(current, fmt.Sprintf("current-%03d", i))
+			if err := queue(&Device{ID: current[i], User: "u", Push: owed}, now.Add(-time.Minute), true); err != nil {
+				return err
+			}
+		}
+		return queue(&Device{ID: "later", Push: owed}, now.Add(time.Minute), true)
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var answered answeredPushes
+	answered.add("answered", 10)
+
+	read := map[string]*deviceRead{}
+	if due, err := s.readDuePushes(now, 3, &answered, read); err != nil || !due {
+		t.Fatalf("readDuePushes(3) = %v, %v; want true, nil", due, err)
+	}
+	for _, id := range current[:3] {
+		if r := read[id]; r == nil || r.d == nil || r.d.ID != id {
+			t.Errorf("%s: read %+v; want its record decoded", id, r)
+		}
+	}
+	for _, id := range []string{"gone", "answered", current[3], "later"} {
+		if r, ok := read[id]; ok {
+			t.Errorf("%s read (%+v); want it passed over", id, r)
+		}
+	}
+
+	// All of them, read in shares on every core.
+	read = map[string]*deviceRead{}
+	if due, err := s.readDuePushes(now, 1000, &answered, read); err != nil || !due {
+		t.Fatalf("readDuePushes(1000) = %v, %v; want true, nil", due, err)
+	}
+	for _, id := range current {
+		if r := read[id]; r == nil || r.d == nil || r.d.ID != id {
+			t.Errorf("%s: read %+v; want its record decoded", id, r)
+		}
+	}
+	if len(read) != 5+len(current) {
+		t.Errorf("read %d records; want the 5 stale ones and the %d current ones", len(read), len(current))
+	}
+
+	if due, err := s.readDuePushes(now.Add(-2*time.Hour), 10, &answered, map[string]*deviceRead{}); err != nil || due {
+		t.Errorf("readDuePushes before any entry is due = %v, %v; want false, nil", due, err)
 	}
 }
