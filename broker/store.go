@@ -299,11 +299,12 @@ func decodeDevice(v []byte) (*Device, error) {
 }
 
 // A deviceRead is a device record read and decoded outside a write
-// transaction. Decoding is most of the work of reading a record, and it can
-// run on every core, while write transactions run one at a time: a check-in
-// or a fan-out that reads its devices first leaves its write transaction
-// less to do. The transaction takes the decoded record only while the
-// stored one is still the record it was decoded from (Tx.deviceFrom).
+// transaction. Decoding it, with finding and copying it, is the work of
+// reading a record, and it can run on every core, while write transactions
+// run one at a time: a check-in or a fan-out that reads its devices first
+// leaves its write transaction less to do. The transaction takes the
+// decoded record only while the stored one is still the record it was
+// decoded from (Tx.deviceFrom).
 type deviceRead struct {
 	raw []byte  // a copy of the stored record
 	d   *Device // decoded from raw; nil once taken
@@ -554,17 +555,17 @@ func (tx *Tx) queuePush(d *Device, at time.Time, sends int) error {
 // due yields the queue entries due at now, current or not, oldest first.
 func (tx *Tx) due(now time.Time) iter.Seq[pushEntry] { return tx.dueAfter(now, nil) }
 
-// dueAfter is due from the first entry whose key comes after after; from
-// the first entry when after is nil.
-func (tx *Tx) dueAfter(now time.Time, after []byte) iter.Seq[pushEntry] {
+// dueAfter is due from the first entry whose key comes after last, which
+// need not still be queued; from the first entry when last is nil.
+func (tx *Tx) dueAfter(now time.Time, last []byte) iter.Seq[pushEntry] {
 	return func(yield func(pushEntry) bool) {
 		c := tx.tx.Bucket(bucketPushes).Cursor()
 		limit := now.UnixNano()
-		k, v := c.First()
-		if after != nil {
-			if k, v = c.Seek(after); bytes.Equal(k, after) {
-				k, v = c.Next()
-			}
+		var k, v []byte
+		if last == nil {
+			k, v = c.First()
+		} else if k, v = c.Seek(last); bytes.Equal(k, last) {
+			k, v = c.Next()
 		}
 		for ; k != nil; k, v = c.Next() {
 			e, ok := readPushEntry(k, v)
@@ -619,26 +620,31 @@ func (tx *Tx) takeDue(now time.Time, batch int) iter.Seq2[pushEntry, error] {
 // readDuePushes reads into read, by device id, the records of the devices
 // of due queue entries, decoded: in rounds, until it has read max entries
 // that are current, or every due one. Entries of pushes their devices have
-// answered (answeredPushes) are passed over unread. It reports whether any
-// entry is due.
+// answered (answeredPushes) are passed over unread, and devices without a
+// record get no entry in read. It reports whether any entry is due, and
+// the error of a read transaction that could not start.
 //
 // Each round walks the queue in one read transaction and then reads the
 // records on every core (readDevices): finding a record in the devices'
 // tree and copying it is, after decoding it, most of the work, and the
 // write transaction that follows runs alone. The write transaction takes a
 // record only while it is unchanged (Tx.deviceFrom), so the reads need not
-// share one snapshot.
+// share one snapshot. The walk's transaction is closed before the records
+// are read: a writer that grows the file waits for every open read
+// transaction and holds off new ones, so a goroutine holding one while it
+// waits for others to open theirs could deadlock with it. A round that
+// fills on the last due entry is followed by one that finds none.
 func (s *Store) readDuePushes(now time.Time, max int, answered *answeredPushes, read map[string]*deviceRead) (bool, error) {
 	due, current := false, 0
-	var after []byte // the last entry walked
+	var last []byte // the key of the last entry walked
 	var round []pushEntry
 	var ids []string // the round's devices not read before
 	for {
 		round, ids = round[:0], ids[:0]
 		full := false
 		err := s.View(func(tx *Tx) error {
-			for e := range tx.dueAfter(now, after) {
-				due, after = true, e.key
+			for e := range tx.dueAfter(now, last) {
+				due, last = true, e.key
 				if answered.stale(&e) {
 					continue
 				}
@@ -677,7 +683,9 @@ func (s *Store) readDuePushes(now time.Time, max int, answered *answeredPushes, 
 
 // readDevices reads and decodes the records of the devices ids outside a
 // write transaction, in shares on up to one goroutine per core, each in
-// its own read transaction; nil for a device with no record.
+// its own read transaction. A record that cannot be read (there is none,
+// or the transaction could not start) is nil: the write transaction reads
+// it again and reports why.
 func (s *Store) readDevices(ids []string) []*deviceRead {
 	reads := make([]*deviceRead, len(ids))
 	inShares(len(ids), minShare, func(lo, hi int) {

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -81,14 +82,14 @@ func TestDeviceFrom(t *testing.T) {
 	}
 	// As the fan-out reads: in shares, each in its own transaction.
 	read := map[string]*deviceRead{}
-	want := append(ids, "missing")
-	reads := s.readDevices(want)
-	if len(reads) != len(want) {
-		t.Fatalf("readDevices returned %d reads for %d ids", len(reads), len(want))
+	asked := append(ids, "missing")
+	reads := s.readDevices(asked)
+	if len(reads) != len(asked) {
+		t.Fatalf("readDevices returned %d reads for %d ids", len(reads), len(asked))
 	}
 	for i, r := range reads {
 		if r != nil {
-			read[want[i]] = r
+			read[asked[i]] = r
 		}
 	}
 	if _, ok := read["missing"]; ok || len(read) != len(ids) {
@@ -173,7 +174,7 @@ func TestInShares(t *testing.T) {
 // TestReadDuePushes: the fan-out's reads go on, round after round, past
 // entries that are not current until they have read max current ones; they
 // pass over answered pushes, devices without a record and entries not yet
-// due.
+// due, and read a device with entries in two rounds once.
 func TestReadDuePushes(t *testing.T) {
 	s, err := OpenStore(filepath.Join(t.TempDir(), "mdm.db"))
 	if err != nil {
@@ -192,9 +193,13 @@ func TestReadDuePushes(t *testing.T) {
 			}
 			return tx.queuePush(d, at, 0)
 		}
-		// In the queue's order: five entries whose devices owe nothing,
-		// one of a device with no record, one of an answered push, then
-		// the current ones, and one not due yet.
+		// In the queue's order: an entry left behind by a newer push,
+		// five entries whose devices owe nothing, one of a device with no
+		// record, one of an answered push, the newer push's own entry,
+		// the other current ones, and one not due yet.
+		if err := queue(&Device{ID: "twice", Push: PushState{Pending: true, Gen: 5}}, now.Add(-2*time.Hour), false); err != nil {
+			return err
+		}
 		for i := range 5 {
 			if err := queue(&Device{ID: fmt.Sprintf("stale-%d", i), Push: PushState{Gen: 10}}, now.Add(-time.Hour), true); err != nil {
 				return err
@@ -204,6 +209,9 @@ func TestReadDuePushes(t *testing.T) {
 			return err
 		}
 		if err := queue(&Device{ID: "answered", Push: owed}, now.Add(-40*time.Minute), true); err != nil {
+			return err
+		}
+		if err := queue(&Device{ID: "twice", User: "u", Push: owed}, now.Add(-30*time.Minute), true); err != nil {
 			return err
 		}
 		for i := range 3 * minShare {
@@ -220,16 +228,18 @@ func TestReadDuePushes(t *testing.T) {
 	var answered answeredPushes
 	answered.add("answered", 10)
 
+	// Rounds of 3, 3, 3 and 1 entries: the third finds the current
+	// entry of "twice", read in the first round, and counts it.
 	read := map[string]*deviceRead{}
 	if due, err := s.readDuePushes(now, 3, &answered, read); err != nil || !due {
 		t.Fatalf("readDuePushes(3) = %v, %v; want true, nil", due, err)
 	}
-	for _, id := range current[:3] {
+	for _, id := range append([]string{"twice"}, current[:2]...) {
 		if r := read[id]; r == nil || r.d == nil || r.d.ID != id {
 			t.Errorf("%s: read %+v; want its record decoded", id, r)
 		}
 	}
-	for _, id := range []string{"gone", "answered", current[3], "later"} {
+	for _, id := range []string{"gone", "answered", current[2], "later"} {
 		if r, ok := read[id]; ok {
 			t.Errorf("%s read (%+v); want it passed over", id, r)
 		}
@@ -245,11 +255,64 @@ func TestReadDuePushes(t *testing.T) {
 			t.Errorf("%s: read %+v; want its record decoded", id, r)
 		}
 	}
-	if len(read) != 5+len(current) {
-		t.Errorf("read %d records; want the 5 stale ones and the %d current ones", len(read), len(current))
+	if len(read) != 6+len(current) {
+		t.Errorf("read %d records; want the 5 stale ones, twice and the %d current ones", len(read), len(current))
 	}
 
-	if due, err := s.readDuePushes(now.Add(-2*time.Hour), 10, &answered, map[string]*deviceRead{}); err != nil || due {
+	if due, err := s.readDuePushes(now.Add(-3*time.Hour), 10, &answered, map[string]*deviceRead{}); err != nil || due {
 		t.Errorf("readDuePushes before any entry is due = %v, %v; want false, nil", due, err)
 	}
+}
+
+// TestDueAfter: the queue's walk goes on after the last key walked, even
+// once that entry is gone, and stops at the first entry not yet due.
+func TestDueAfter(t *testing.T) {
+	s, err := OpenStore(filepath.Join(t.TempDir(), "mdm.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	now := time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
+	ids := []string{"a", "b", "c", "d"}
+	keys := map[string][]byte{}
+	err = s.Update(func(tx *Tx) error {
+		for i, id := range ids {
+			at := now.Add(time.Duration(i-3) * time.Minute) // d is due at now
+			if id == "d" {
+				at = now.Add(time.Minute)
+			}
+			keys[id] = pushKey(at.UnixNano(), id)
+			if err := tx.queuePush(&Device{ID: id, Push: PushState{Pending: true, Gen: 1}}, at, 0); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	walk := func(last []byte) []string {
+		var got []string
+		s.View(func(tx *Tx) error {
+			for e := range tx.dueAfter(now, last) {
+				got = append(got, e.device)
+			}
+			return nil
+		})
+		return got
+	}
+	check := func(name string, last []byte, want ...string) {
+		t.Helper()
+		if got := walk(last); !slices.Equal(got, want) {
+			t.Errorf("after %s: walked %v; want %v", name, got, want)
+		}
+	}
+	check("nothing", nil, "a", "b", "c")
+	check("a", keys["a"], "b", "c")
+	check("c, the last due", keys["c"])
+	check("d, not due", keys["d"])
+	if err := s.Update(func(tx *Tx) error { return tx.tx.Bucket(bucketPushes).Delete(keys["b"]) }); err != nil {
+		t.Fatal(err)
+	}
+	check("b, deleted since", keys["b"], "c")
 }
