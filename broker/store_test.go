@@ -15,11 +15,7 @@ import (
 // store, some of which fail: every successful call's write is kept, every
 // failed call gets its own error and leaves nothing behind.
 func TestVolatileGroupCommit(t *testing.T) {
-	s, err := OpenStore(filepath.Join(t.TempDir(), "mdm.db"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
+	s := openTestStore(t)
 	s.Volatile()
 	boom := errors.New("refused")
 	var wg sync.WaitGroup
@@ -38,7 +34,7 @@ func TestVolatileGroupCommit(t *testing.T) {
 		})
 	}
 	wg.Wait()
-	err = s.View(func(tx *Tx) error {
+	err := s.View(func(tx *Tx) error {
 		for i, err := range errs {
 			var v int
 			got := tx.get(bucketMeta, fmt.Appendf(nil, "k%03d", i), &v)
@@ -62,13 +58,9 @@ func TestVolatileGroupCommit(t *testing.T) {
 // outside it only while the stored record is unchanged, and only once;
 // records decoded on several goroutines are those Device reads.
 func TestDeviceFrom(t *testing.T) {
-	s, err := OpenStore(filepath.Join(t.TempDir(), "mdm.db"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
+	s := openTestStore(t)
 	ids := make([]string, 3*minShare)
-	err = s.Update(func(tx *Tx) error {
+	err := s.Update(func(tx *Tx) error {
 		for i := range ids {
 			ids[i] = fmt.Sprintf("dev-%04d", i)
 			if err := tx.PutDevice(&Device{ID: ids[i], User: fmt.Sprintf("user%d", i), CheckIns: uint64(i)}); err != nil {
@@ -176,15 +168,11 @@ func TestInShares(t *testing.T) {
 // pass over answered pushes, devices without a record and entries not yet
 // due, and read a device with entries in two rounds once.
 func TestReadDuePushes(t *testing.T) {
-	s, err := OpenStore(filepath.Join(t.TempDir(), "mdm.db"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
+	s := openTestStore(t)
 	now := time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
 	owed := PushState{Pending: true, Gen: 10}
 	var current []string
-	err = s.Update(func(tx *Tx) error {
+	err := s.Update(func(tx *Tx) error {
 		queue := func(d *Device, at time.Time, record bool) error {
 			if record {
 				if err := tx.PutDevice(d); err != nil {
@@ -267,15 +255,11 @@ func TestReadDuePushes(t *testing.T) {
 // TestDueAfter: the queue's walk goes on after the last key walked, even
 // once that entry is gone, and stops at the first entry not yet due.
 func TestDueAfter(t *testing.T) {
-	s, err := OpenStore(filepath.Join(t.TempDir(), "mdm.db"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
+	s := openTestStore(t)
 	now := time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
 	ids := []string{"a", "b", "c", "d"}
 	keys := map[string][]byte{}
-	err = s.Update(func(tx *Tx) error {
+	err := s.Update(func(tx *Tx) error {
 		for i, id := range ids {
 			at := now.Add(time.Duration(i-3) * time.Minute) // d is due at now
 			if id == "d" {
@@ -315,4 +299,16 @@ func TestDueAfter(t *testing.T) {
 		t.Fatal(err)
 	}
 	check("b, deleted since", keys["b"], "c")
+}
+
+// openTestStore opens a store in a temporary directory, closed when the
+// test ends.
+func openTestStore(t *testing.T) *Store {
+	t.Helper()
+	s, err := OpenStore(filepath.Join(t.TempDir(), "mdm.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	return s
 }
