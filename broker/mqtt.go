@@ -349,12 +349,13 @@ func (b *Broker) deliver(cl *mqtt.Client, o Outgoing) bool {
 	return true
 }
 
-// publish publishes the service's messages. A large batch (a fan-out's) is
-// published in shares, one goroutine per core: each push goes to another
-// device, so their order does not matter, and finding a device's session
-// in the broker's topic tree, or writing to a connection that writes at
-// once, costs more than the rest. A device's answers
-// (a message or two) are published in order.
+// publish publishes the fan-out's pushes. A large batch is published in
+// shares, one goroutine per core: each push goes to another device, so
+// their order does not matter, and finding a device's session in the
+// broker's topic tree, or writing to a connection that writes at once,
+// costs more than the rest; a small one is published in order on the
+// caller's goroutine. The service's answers do not come here: onMessage
+// delivers or routes each itself.
 func (b *Broker) publish(out []Outgoing) {
 	inShares(len(out), minShare, func(lo, hi int) { b.publishShare(out[lo:hi]) })
 }

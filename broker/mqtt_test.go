@@ -632,10 +632,10 @@ func TestAcknowledgedOnceHandled(t *testing.T) {
 
 // TestAnswerWrittenDirectly checks when the service's answer to a client
 // skips mochi's routing (Broker.deliver): only to a client that holds the
-// answer's topic at QoS 1 and has nothing unacknowledged, so that an
-// answer never overtakes what the broker queued before it; and that it is
-// held in flight until the client acknowledges it, as mochi holds what it
-// routes.
+// answer's topic at its QoS or above and has nothing unacknowledged, so
+// that an answer never overtakes what the broker queued before it; and
+// that it is held in flight until the client acknowledges it, as mochi
+// holds what it routes.
 func TestAnswerWrittenDirectly(t *testing.T) {
 	h := newHarness(t)
 	b, _ := newTestBroker(t, h, false)
