@@ -310,13 +310,19 @@ type deviceRead struct {
 	d   *Device // decoded from raw; nil once taken
 }
 
-// readDevice reads a device's record, to decode outside the transaction:
-// nil when there is none.
+// readDevice copies and decodes a device's record, for a write
+// transaction to take later: nil when there is none. A record that does
+// not decode leaves d nil, for the write transaction to report.
 func (tx *Tx) readDevice(id string) *deviceRead {
-	if v := tx.tx.Bucket(bucketDevices).Get([]byte(id)); v != nil {
-		return &deviceRead{raw: bytes.Clone(v)}
+	v := tx.tx.Bucket(bucketDevices).Get([]byte(id))
+	if v == nil {
+		return nil
 	}
-	return nil
+	r := &deviceRead{raw: bytes.Clone(v)}
+	if d, err := decodeDevice(r.raw); err == nil {
+		r.d = d
+	}
+	return r
 }
 
 // readDevice reads and decodes a device's record outside a write
@@ -325,18 +331,7 @@ func (tx *Tx) readDevice(id string) *deviceRead {
 func (s *Store) readDevice(id string) *deviceRead {
 	var r *deviceRead
 	_ = s.View(func(tx *Tx) error { r = tx.readDevice(id); return nil })
-	if r != nil {
-		r.decode()
-	}
 	return r
-}
-
-// decode decodes the record; a record that does not decode leaves d nil,
-// for the write transaction to report.
-func (r *deviceRead) decode() {
-	if d, err := decodeDevice(r.raw); err == nil {
-		r.d = d
-	}
 }
 
 // inShares calls fn on consecutive shares [lo, hi) of n items, at once,
@@ -691,10 +686,7 @@ func (s *Store) readDevices(ids []string) []*deviceRead {
 	inShares(len(ids), minShare, func(lo, hi int) {
 		_ = s.View(func(tx *Tx) error {
 			for i := lo; i < hi; i++ {
-				if r := tx.readDevice(ids[i]); r != nil {
-					r.decode()
-					reads[i] = r
-				}
+				reads[i] = tx.readDevice(ids[i])
 			}
 			return nil
 		})
